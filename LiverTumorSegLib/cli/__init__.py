@@ -1,0 +1,57 @@
+"""The ``livertumorseg`` command: one sub-command per job.
+
+Each sub-command module exposes ``register(subparsers)`` which adds its parser and sets
+``func`` to a callable taking the parsed arguments and returning an exit code. User errors
+(:class:`LiverTumorSegError`) become one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from ..errors import LiverTumorSegError
+
+# Sub-command modules, imported lazily so that `livertumorseg --help` stays fast.
+SUBCOMMANDS = ("segment", "evaluate", "prepare", "train", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livertumorseg",
+        description="Liver and liver-tumour segmentation of 3D CT. Not for clinical use.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a sub-command not shipped in this build
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LiverTumorSegError as exc:
+        print(f"livertumorseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("livertumorseg: error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
