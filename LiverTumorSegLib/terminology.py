@@ -1,0 +1,149 @@
+"""Segment names, colours and standard terminology codes, shared by every writer.
+
+The ``.seg.nrrd`` writer (``image_io``), the Slicer module and the reports all take the
+segment metadata from here, so a segmentation looks the same wherever it was made.
+
+Codes are those 3D Slicer's "General Anatomy" terminology (and TotalSegmentator) use:
+
+* liver: category Anatomical Structure (SCT 123037004), type Liver (SCT 10200004);
+* liver tumour: category Morphologically Altered Structure (SCT 49755003), type Neoplasm
+  (SCT 108369006), anatomic region Liver (SCT 10200004).
+
+Colours are Slicer's generic anatomy colours: "organ" (221, 130, 101) for the liver and
+"mass" (144, 238, 144) for the tumour.
+
+Label values follow the LiTS convention used everywhere in the project: 0 background,
+1 liver, 2 tumour. In a ``.seg.nrrd`` the two segments are stored NON-overlapping in one
+layer (liver segment = label-1 voxels, i.e. liver parenchyma without the tumour; tumour
+segment = label-2 voxels), which is how Slicer's Segment Editor works by default and which
+round-trips exactly to the label map; the liver region is the union of both segments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+# (coding scheme designator, code value, code meaning)
+ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
+MORPHOLOGICALLY_ALTERED_STRUCTURE = ("SCT", "49755003", "Morphologically Altered Structure")
+LIVER_CODE = ("SCT", "10200004", "Liver")
+NEOPLASM_CODE = ("SCT", "108369006", "Neoplasm")
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """Everything a writer needs to describe one label value as a segment."""
+
+    label: int
+    id: str
+    name: str
+    color_rgb255: tuple[int, int, int]
+    category: tuple[str, str, str]
+    type: tuple[str, str, str]
+    anatomic_region: Optional[tuple[str, str, str]] = None
+    description: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def color(self) -> tuple[float, float, float]:
+        """Colour as three floats in [0, 1] (Slicer's convention)."""
+        return tuple(round(c / 255.0, 6) for c in self.color_rgb255)  # type: ignore[return-value]
+
+    @property
+    def terminology(self) -> dict:
+        """Terminology entry as a slicerio dict (``contextName``, ``category``, ``type``, ...)."""
+        entry = {
+            "contextName": SLICER_CONTEXT,
+            "category": list(self.category),
+            "type": list(self.type),
+            "anatomicContextName": ANATOMIC_CONTEXT,
+        }
+        if self.anatomic_region is not None:
+            entry["anatomicRegion"] = list(self.anatomic_region)
+        return entry
+
+    @property
+    def terminology_string(self) -> str:
+        """The 7-field ``TerminologyEntry`` tag (``~`` separated, codes ``SCT^code^meaning``)."""
+        region = self.anatomic_region or ("", "", "")
+        return "~".join(
+            [
+                SLICER_CONTEXT,
+                "^".join(self.category),
+                "^".join(self.type),
+                "^^",
+                ANATOMIC_CONTEXT,
+                "^".join(region),
+                "^^",
+            ]
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "id": self.id,
+            "name": self.name,
+            "color": list(self.color),
+            "color_rgb255": list(self.color_rgb255),
+            "terminology": self.terminology,
+            "terminology_string": self.terminology_string,
+        }
+
+
+LIVER = SegmentInfo(
+    label=1,
+    id="liver",
+    name="Liver",
+    color_rgb255=(221, 130, 101),
+    category=ANATOMICAL_STRUCTURE,
+    type=LIVER_CODE,
+    description="Liver parenchyma (label 1; the liver region is labels 1 and 2)",
+)
+
+LIVER_TUMOR = SegmentInfo(
+    label=2,
+    id="liver_tumor",
+    name="Liver tumor",
+    color_rgb255=(144, 238, 144),
+    category=MORPHOLOGICALLY_ALTERED_STRUCTURE,
+    type=NEOPLASM_CODE,
+    anatomic_region=LIVER_CODE,
+    description="Liver tumour (label 2)",
+)
+
+#: Segments in label order.
+SEGMENTS: tuple[SegmentInfo, ...] = (LIVER, LIVER_TUMOR)
+SEGMENTS_BY_LABEL: dict[int, SegmentInfo] = {s.label: s for s in SEGMENTS}
+
+
+def segment_for_label(label: int) -> Optional[SegmentInfo]:
+    """The SegmentInfo of a label value (1 liver, 2 tumour), None for others."""
+    return SEGMENTS_BY_LABEL.get(int(label))
+
+
+def _code_matches(a, b) -> bool:
+    return a is not None and b is not None and len(a) >= 2 and len(b) >= 2 and a[0] == b[0] and str(a[1]) == str(b[1])
+
+
+def label_for_segment(segment: dict) -> Optional[int]:
+    """Our label value for a segment dict (as slicerio reads it), or None if it is neither.
+
+    Matches on the terminology type code first (Liver -> 1, Neoplasm/Mass/Tumor -> 2), then
+    on the name ("liver" -> 1; names containing tumor/tumour/lesion/neoplasm/mass -> 2).
+    """
+    term = segment.get("terminology") or {}
+    seg_type = term.get("type")
+    if _code_matches(seg_type, LIVER_CODE):
+        return LIVER.label
+    tumour_types = (NEOPLASM_CODE, ("SCT", "4147007", "Mass"), ("SCT", "108369006", ""))
+    if any(_code_matches(seg_type, t) for t in tumour_types):
+        return LIVER_TUMOR.label
+    name = str(segment.get("name", "")).lower()
+    if any(w in name for w in ("tumor", "tumour", "lesion", "neoplasm", "mass", "metasta")):
+        return LIVER_TUMOR.label
+    if "liver" in name or "hepar" in name:
+        return LIVER.label
+    return None
