@@ -1,0 +1,485 @@
+"""Static checks of the Slicer extension (no Slicer needed): CMake packaging, the .ui file against
+the module code and its parameter node, import-time weight, strings, icons, requirements; and
+unit tests of the Qt-free core pieces that need no MRML (runner, models folder, dependencies)."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "LiverTumorSeg"
+LIB_DIR = REPO / "LiverTumorSegLib"
+MODULE_FILE = MODULE_DIR / "LiverTumorSeg.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "LiverTumorSeg.ui"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+
+# ------------------------------------------------------------------------------------------ CMake
+def _cmake_commands(text: str):
+    """(name, [args]) for each command of a CMake file (comments stripped, quotes honoured)."""
+    text = re.sub(r"#[^\n]*", "", text)
+    for m in re.finditer(r"(\w+)\s*\(((?:[^()]|\([^()]*\))*)\)", text, re.S):
+        yield m.group(1).lower(), shlex.split(m.group(2), posix=True)
+
+
+def _cmake_eval(cmake_file: Path, variables: dict) -> dict:
+    """A tiny CMake evaluator for what our module CMakeLists uses, run in file order: set,
+    get_filename_component ABSOLUTE, file(GLOB/GLOB_RECURSE [RELATIVE]), list(FILTER/APPEND),
+    foreach(IN LISTS) ... endforeach(), and the arguments of slicerMacroBuildScriptedModule."""
+    v = dict(variables)
+
+    def expand(s: str) -> str:
+        for _ in range(5):
+            s = re.sub(r"\$\{(\w+)\}", lambda m: ";".join(v[m.group(1)]) if isinstance(v.get(m.group(1)), list)
+                       else str(v.get(m.group(1), "")), s)
+        return s
+
+    def values(args):
+        out = []
+        for a in args:
+            out.extend(x for x in expand(a).split(";") if x)
+        return out
+
+    def run(commands):
+        i = 0
+        while i < len(commands):
+            name, args = commands[i]
+            if name == "foreach":
+                depth, j = 1, i + 1
+                while depth:
+                    depth += {"foreach": 1, "endforeach": -1}.get(commands[j][0], 0)
+                    j += 1
+                body = commands[i + 1:j - 1]
+                assert args[1:3] == ["IN", "LISTS"], args
+                for item in list(v.get(args[3], [])):
+                    v[args[0]] = item
+                    run(body)
+                i = j
+                continue
+            if name == "set":
+                v[args[0]] = values(args[1:])
+            elif name == "get_filename_component" and args[2] == "ABSOLUTE":
+                v[args[0]] = os.path.normpath(expand(args[1]))
+            elif name == "file" and args[0] in ("GLOB", "GLOB_RECURSE"):
+                rest = [a for a in args[2:] if a != "CONFIGURE_DEPENDS"]
+                rel = None
+                if rest and rest[0] == "RELATIVE":
+                    rel, rest = expand(rest[1]), rest[2:]
+                found = []
+                for pattern in (expand(p) for p in rest):
+                    base, glob = Path(pattern).parent, Path(pattern).name
+                    files = base.rglob(glob) if args[0] == "GLOB_RECURSE" else base.glob(glob)
+                    found += [str(f.relative_to(rel)) if rel else str(f) for f in files if f.is_file()]
+                v[args[1]] = sorted(found)
+            elif name == "list" and args[0] == "FILTER":
+                regex = expand(args[4])
+                v[args[1]] = [x for x in v.get(args[1], []) if bool(re.search(regex, x)) == (args[2] == "INCLUDE")]
+            elif name == "list" and args[0] == "APPEND":
+                v[args[1]] = list(v.get(args[1], [])) + values(args[2:])
+            elif name == "slicermacrobuildscriptedmodule":
+                macro, key = {}, None
+                for a in args:
+                    if a in ("NAME", "SCRIPTS", "RESOURCES", "WITH_GENERIC_TESTS"):
+                        key = a
+                        macro[key] = []
+                    else:
+                        macro[key] += values([a])
+                v["__macro__"] = macro
+            i += 1
+
+    text = re.sub(r"#[^\n]*", "", cmake_file.read_text())
+    commands = [(m.group(1).lower(), shlex.split(m.group(2), posix=True))
+                for m in re.finditer(r"(\w+)\s*\(((?:[^()]|\([^()]*\))*)\)", text, re.S)]
+    run(commands)
+    return v
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    binary = "/build/LiverTumorSeg"
+    v = _cmake_eval(MODULE_DIR / "CMakeLists.txt", {
+        "CMAKE_CURRENT_SOURCE_DIR": str(MODULE_DIR), "CMAKE_CURRENT_BINARY_DIR": binary,
+        "CMAKE_BINARY_DIR": "/build", "Slicer_QTSCRIPTEDMODULES_LIB_DIR": "lib/qt-scripted-modules"})
+    macro = v["__macro__"]
+    scripts = set()
+    for s in macro["SCRIPTS"]:
+        # ctkMacroCompilePythonScript: relative -> module folder; absolute -> relative to the binary dir
+        scripts.add(os.path.relpath(s, binary) if os.path.isabs(s) else s)
+    return macro, scripts
+
+
+def test_cmake_packages_every_library_file(packaged):
+    _, scripts = packaged
+    library = {str(p.relative_to(REPO)).replace(os.sep, "/") for p in LIB_DIR.rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert library, "no library files found"
+    missing = sorted(library - scripts)
+    assert not missing, f"library files not packaged by LiverTumorSeg/CMakeLists.txt: {missing}"
+
+
+def test_cmake_packages_every_module_file(packaged):
+    macro, scripts = packaged
+    module = {str(p.relative_to(MODULE_DIR)).replace(os.sep, "/") for p in MODULE_DIR.rglob("*.py")
+              if "__pycache__" not in p.parts}
+    resources = set(macro["RESOURCES"])
+    missing = sorted(f for f in module - scripts if f not in resources)
+    assert not missing, f"module files not packaged: {missing}"
+    for f in scripts:
+        if not f.startswith("LiverTumorSegLib/"):
+            assert (MODULE_DIR / f).is_file(), f"CMake lists a missing script: {f}"
+    for f in resources:
+        assert (MODULE_DIR / f).is_file(), f"CMake lists a missing resource: {f}"
+    assert macro["NAME"] == ["LiverTumorSeg"] and "WITH_GENERIC_TESTS" in macro
+
+
+def test_top_level_cmake_metadata():
+    text = (REPO / "CMakeLists.txt").read_text()
+    cmds = list(_cmake_commands(text))
+    sets = {a[0]: " ".join(a[1:]) for n, a in cmds if n == "set"}
+    assert sets["EXTENSION_CATEGORY"] == "Segmentation"
+    assert sets["EXTENSION_DEPENDS"] == "PyTorch"
+    assert sets["EXTENSION_HOMEPAGE"].startswith("https://github.com/")
+    for key in ("EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert sets.get(key), key
+    for url_key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert (REPO / "Resources" / sets[url_key].rsplit("/", 1)[-1]).is_file(), url_key
+    assert ("find_package", ["Slicer", "REQUIRED"]) in cmds
+    assert ("add_subdirectory", ["LiverTumorSeg"]) in cmds
+    assert "Slicer_EXTENSION_GENERATE_CONFIG" in text and "Slicer_EXTENSION_CPACK" in text
+
+
+# ------------------------------------------------------------------------------------------ .ui
+def _ui_tree():
+    return ET.parse(UI_FILE).getroot()
+
+
+def _ui_widgets():
+    return {w.get("name"): w.get("class") for w in _ui_tree().iter("widget")}
+
+
+def test_ui_is_valid_designer_xml():
+    root = _ui_tree()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    assert root.findtext("class") == "LiverTumorSeg"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "LiverTumorSeg"
+    widgets = _ui_widgets()
+    custom = {c.findtext("class") for c in root.iter("customwidget")}
+    for name, cls in widgets.items():
+        assert cls.startswith("Q") or cls in custom, f"{name}: class {cls} is not declared as a custom widget"
+    names = list(widgets)
+    assert len(names) == len(set(names)), "duplicate widget names"
+    mrml_widgets = {n for n, c in widgets.items() if c.startswith("qMRML") and n != "LiverTumorSeg"}
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    assert mrml_widgets <= connected, f"MRML widgets without the scene: {mrml_widgets - connected}"
+
+
+def test_every_ui_name_used_by_the_module_exists():
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    assert used, "the module uses no widgets?"
+    missing = sorted(used - set(_ui_widgets()))
+    assert not missing, f"widgets used in LiverTumorSeg.py but absent from the .ui: {missing}"
+
+
+def _parameter_node_fields():
+    tree = ast.parse(MODULE_FILE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list):
+            return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in LiverTumorSeg.py")
+
+
+def test_ui_parameter_bindings_match_the_parameter_node():
+    fields = _parameter_node_fields()
+    widgets = _ui_widgets()
+    bound = {}
+    for w in _ui_tree().iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                assert prop.get("stdset") == "0", "dynamic properties need stdset=0"
+                bound[prop.findtext("string")] = w.get("name")
+    assert bound, "no widget is bound to the parameter node"
+    for param, widget in bound.items():
+        assert param in fields, f"{widget} is bound to unknown parameter {param!r}"
+        cls, ann = widgets[widget], fields[param]
+        expected = {"QCheckBox": "bool", "QDoubleSpinBox": "float", "QSpinBox": "int"}.get(cls)
+        if expected:
+            assert re.search(rf"\b{expected}\b", ann), f"{widget} ({cls}) bound to {param}: {ann}"
+        elif cls == "QComboBox":
+            assert "Choice(" in ann, f"{param}: a QComboBox binding needs Annotated[..., Choice([...])]"
+        elif cls == "qMRMLNodeComboBox":
+            assert ann.startswith("vtkMRML"), f"{param}: {ann}"
+            node_types = [s.text for s in widgets_property(widget, "nodeTypes")]
+            assert ann in node_types, f"{widget} nodeTypes {node_types} vs {ann}"
+    for required in ("inputVolume", "outputSegmentation", "roi", "device", "fast"):
+        assert required in bound, f"{required} is not bound to a widget"
+
+
+def widgets_property(widget_name, prop_name):
+    for w in _ui_tree().iter("widget"):
+        if w.get("name") == widget_name:
+            for prop in w.findall("property"):
+                if prop.get("name") == prop_name:
+                    return list(prop.iter("string"))
+    return []
+
+
+def test_ui_has_the_required_controls():
+    widgets = _ui_widgets()
+    for name, cls in {"inputSelector": "qMRMLNodeComboBox", "outputSegmentationSelector": "qMRMLNodeComboBox",
+                      "roiSelector": "qMRMLNodeComboBox", "applyButton": "QPushButton",
+                      "progressBar": "QProgressBar", "statusLog": "QPlainTextEdit", "reportTableView": "qMRMLTableView",
+                      "openSegmentEditorButton": "QPushButton", "advancedCollapsibleButton": "ctkCollapsibleButton",
+                      "installDependenciesButton": "QPushButton", "deviceWarningLabel": "QLabel"}.items():
+        assert widgets.get(name) == cls, name
+    advanced = [w for w in _ui_tree().iter("widget") if w.get("name") == "advancedCollapsibleButton"][0]
+    collapsed = [p for p in advanced.findall("property") if p.get("name") == "collapsed"]
+    assert collapsed and collapsed[0].findtext("bool") == "true"
+    assert [s.text for s in widgets_property("roiSelector", "nodeTypes")] == ["vtkMRMLMarkupsROINode"]
+
+
+# ------------------------------------------------------------------------------------------ module file
+def _module_ast():
+    return ast.parse(MODULE_FILE.read_text())
+
+
+HEAVY = {"torch", "monai", "LiverTumorSegLib", "SimpleITK", "scipy", "safetensors", "qt", "ctk"}
+
+
+def _top_level_imports(tree):
+    names = set()
+    for node in tree.body:
+        for sub in ast.walk(node) if isinstance(node, (ast.Try, ast.If)) else [node]:
+            if isinstance(sub, ast.Import):
+                names |= {a.name.split(".")[0] for a in sub.names}
+            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                names.add(sub.module.split(".")[0])
+    return names
+
+
+def test_module_has_four_classes_and_light_imports():
+    tree = _module_ast()
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["LiverTumorSeg"] == ["ScriptedLoadableModule"]
+    assert classes["LiverTumorSegWidget"][0] == "ScriptedLoadableModuleWidget"
+    assert classes["LiverTumorSegLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["LiverTumorSegTest"] == ["ScriptedLoadableModuleTest"]
+    heavy = _top_level_imports(tree) & HEAVY
+    assert not heavy, f"imported at module load: {heavy}"
+
+
+def test_core_is_qt_free_and_light():
+    core = MODULE_DIR / "LiverTumorSegCore"
+    for path in core.glob("*.py"):
+        heavy = _top_level_imports(ast.parse(path.read_text())) & (HEAVY | {"slicer", "vtk"})
+        assert not heavy, f"{path.name} imports {heavy} at load"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "import LiverTumorSegCore, LiverTumorSegCore.job, LiverTumorSegCore.mrml, LiverTumorSegCore.batch, "
+            "LiverTumorSegCore.models, LiverTumorSegCore.deps, LiverTumorSegCore.runner; "
+            "print(sorted(m for m in ('torch', 'LiverTumorSegLib', 'qt', 'slicer', 'vtk') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_user_strings_go_through_translation():
+    tree = _module_ast()
+    cls = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LiverTumorSeg"][0]
+    seen = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute):
+            attr = node.targets[0].attr
+            if attr in ("title", "helpText", "acknowledgementText"):
+                call = node.value
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "format":
+                    call = call.func.value
+                assert isinstance(call, ast.Call) and getattr(call.func, "id", "") == "_", attr
+                seen.add(attr)
+    assert seen == {"title", "helpText", "acknowledgementText"}
+    text = MODULE_FILE.read_text()
+    assert '_("Liver Tumor Segmentation")' in text
+    assert 'translate("qSlicerAbstractCoreModule", "Segmentation")' in text
+    assert "except ImportError" in text and "def _(text)" in text  # fallback without slicer.i18n
+
+
+def test_help_and_readme_document_the_console_call():
+    text = MODULE_FILE.read_text()
+    assert "logic.segment(" in text
+    readme = (MODULE_DIR / "README.md").read_text()
+    assert "LiverTumorSegLogic" in readme or 'getModuleLogic("LiverTumorSeg")' in readme
+    assert ".segment(" in readme and "batch_segment.py" in readme
+
+
+def test_icons_are_real_pngs():
+    from PIL import Image
+
+    for path, size in ((MODULE_DIR / "Resources" / "Icons" / "LiverTumorSeg.png", (128, 128)),
+                       (REPO / "Resources" / "LiverTumorSeg.png", (128, 128)),
+                       (REPO / "Resources" / "Screenshot01.png", None)):
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+            if size:
+                assert im.size == size
+            assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 8, f"{path.name} is blank"
+
+
+def test_requirements_never_touch_bundled_packages():
+    from LiverTumorSegCore import deps
+
+    reqs = deps.read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
+    keep, skipped = deps.split_protected(reqs)
+    assert reqs and not skipped, f"requirements.txt lists bundled/protected packages: {skipped}"
+    names = {deps.canonical(deps.requirement_name(r)) for r in reqs}
+    assert not names & {"torch", "numpy", "simpleitk", "vtk"}
+    assert deps.split_protected(["numpy>=2", "monai", "SimpleITK"]) == (["monai"], ["numpy>=2", "SimpleITK"])
+
+
+def test_terminology_constants():
+    from LiverTumorSegCore.terminology import LIVER_SEGMENT, TUMOR_SEGMENT, parse_terminology_entry
+
+    liver = parse_terminology_entry(LIVER_SEGMENT.terminology_entry())
+    tumour = parse_terminology_entry(TUMOR_SEGMENT.terminology_entry())
+    assert liver["category"][1] == "123037004" and liver["type"][1] == "10200004" and liver["region"] is None
+    assert tumour["category"][1] == "49755003" and tumour["type"][1] == "108369006"
+    assert tumour["region"] == ("SCT", "10200004", "Liver")
+    assert LIVER_SEGMENT.terminology_entry().count("~") == 6
+
+
+def test_terminology_agrees_with_the_library_when_present():
+    """LiverTumorSegLib.terminology (used by the library's .seg.nrrd writer) and the module's own
+    constants must describe the segments identically: same IDs, names, label values, colours
+    and TerminologyEntry strings, so a .seg.nrrd looks the same whoever wrote it."""
+    if not (LIB_DIR / "terminology.py").is_file():
+        pytest.skip("LiverTumorSegLib/terminology.py not written yet")
+    import importlib
+
+    from LiverTumorSegCore.terminology import SEGMENTS
+
+    lib = importlib.import_module("LiverTumorSegLib.terminology")
+    lib_segments = list(lib.SEGMENTS)
+    assert len(lib_segments) == len(SEGMENTS)
+    for mine, theirs in zip(SEGMENTS, lib_segments):
+        assert mine.segment_id == theirs.id and mine.name == theirs.name
+        assert mine.labels == (theirs.label,)
+        assert all(abs(a - b) < 1e-5 for a, b in zip(mine.color, theirs.color))
+        assert mine.terminology_entry() == theirs.terminology_string
+
+
+# ------------------------------------------------------------------------------------------ runner
+def test_runner_streams_json_lines_and_reports_errors(tmp_path):
+    from LiverTumorSegCore.runner import FAILED, SUCCEEDED, ProcessRunner
+
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import json, sys\n"
+        "print(json.dumps({'phase': 'read', 'fraction': 0.1, 'message': 'x', 'eta_s': 3}), flush=True)\n"
+        "print('plain text', flush=True)\n"
+        "print(json.dumps({'event': 'done', 'report': {}}), flush=True)\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    r = ProcessRunner([sys.executable, str(script), "0"]).start()
+    events = []
+    assert r.wait(timeout=30, callback=events.append) == SUCCEEDED
+    assert [e["event"] for e in events] == ["progress", "log", "done", "exit"]
+    r = ProcessRunner([sys.executable, "-c", "import sys; print('livertumorseg: error: input not found: x.nrrd',"
+                                             " file=sys.stderr); sys.exit(2)"]).start()
+    assert r.wait(timeout=30) == FAILED and r.message == "input not found: x.nrrd"
+
+
+def test_runner_poll_never_blocks(tmp_path):
+    from LiverTumorSegCore.runner import ProcessRunner
+
+    r = ProcessRunner([sys.executable, "-c", "import time; time.sleep(30)"]).start()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(20):
+            assert r.poll() == []
+        assert time.perf_counter() - t0 < 0.5
+    finally:
+        r.cancel()
+    r.wait(timeout=30)
+    assert r.state == "cancelled"
+
+
+def test_exit_descriptions():
+    from LiverTumorSegCore.runner import describe_exit
+
+    assert "out of memory" in describe_exit(-9)
+    assert "segmentation fault" in describe_exit(-11)
+    assert "out of memory" in describe_exit(1, "torch.OutOfMemoryError: CUDA out of memory")
+    assert "exit status 3" in describe_exit(3)
+
+
+# ------------------------------------------------------------------------------------------ models folder
+def _fake_weights(folder: Path, name="model", sha=None, payload=b"weights-bytes"):
+    folder.mkdir(parents=True, exist_ok=True)
+    w = folder / f"{name}.safetensors"
+    w.write_bytes(payload)
+    meta = {"format_version": 1, "name": name, "version": "1.0", "model_config": {},
+            "sha256": sha or hashlib.sha256(payload).hexdigest()}
+    (folder / f"{name}.json").write_text(json.dumps(meta))
+    return w
+
+
+def test_model_store_imports_only_verified_weights(tmp_path):
+    from LiverTumorSegCore.errors import ModelError
+    from LiverTumorSegCore.models import ModelStore, format_size
+
+    store = ModelStore(tmp_path / "models")
+    assert store.models() == [] and store.size_bytes() == 0
+    good = _fake_weights(tmp_path / "usb", "liver_v2")
+    info = store.import_weights(good)
+    assert info.name == "liver_v2" and info.version == "1.0"
+    assert (tmp_path / "models" / "liver_v2.json").is_file()
+    assert store.import_weights(good).name == "liver_v2"  # idempotent
+    tampered = _fake_weights(tmp_path / "bad", "evil", sha="0" * 64)
+    with pytest.raises(ModelError, match="Checksum mismatch"):
+        store.import_weights(tampered)
+    (tmp_path / "bad" / "evil.json").unlink()
+    with pytest.raises(ModelError, match="sidecar"):
+        store.import_weights(tampered)
+    other = _fake_weights(tmp_path / "other", "liver_v2", payload=b"different")
+    with pytest.raises(ModelError, match="already in the models folder"):
+        store.import_weights(other)
+    assert [m.name for m in store.models()] == ["liver_v2"]
+    assert not list((tmp_path / "models").glob("*.part"))
+    assert format_size(store.size_bytes()).endswith("B")
+    store.delete("liver_v2")
+    assert store.models() == []
+
+
+def test_gpu_warning_and_options():
+    from LiverTumorSegCore.deps import gpu_warning
+    from LiverTumorSegCore.job import SegmentationOptions, format_eta
+
+    assert gpu_warning("cpu", None) == ""
+    assert "No NVIDIA GPU" in gpu_warning("GPU", None)
+    assert "only 4.0 GiB" in gpu_warning("auto", [4.0])
+    assert gpu_warning("auto", [24.0]) == ""
+    assert SegmentationOptions(device="GPU").cli_device() == "cuda"
+    with pytest.raises(ValueError):
+        SegmentationOptions(device="tpu").cli_device()
+    args = SegmentationOptions(largest_component=False, tumour_in_liver=False).cli_args()
+    assert "--no-largest-component" in args and "--no-tumour-in-liver" in args and "--model" not in args
+    assert format_eta(75) == "1 min 15 s" and format_eta(None) == "" and format_eta(3700) == "1 h 01 min"
+
+
+def test_batch_script_help_runs_without_slicer():
+    out = subprocess.run([sys.executable, str(MODULE_DIR / "Scripts" / "batch_segment.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--input-folder" in out.stdout
