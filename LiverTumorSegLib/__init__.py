@@ -16,9 +16,25 @@ LABELS = {0: "background", 1: "liver", 2: "tumor"}
 from .errors import Cancelled, InputError, LiverTumorSegError, OutputError, WeightsError  # noqa: E402
 from .progress import ProgressCallback, ProgressEvent, ProgressReporter  # noqa: E402
 
-# Public API: filled in by the modules as they land (see README "Library API").
-from .models import MODEL_NAMES, ModelConfig, build_model  # noqa: E402
-from .models.scan import selective_scan  # noqa: E402
+# Public API that needs torch is imported lazily (PEP 562), so that light users such as the
+# Slicer module reading ``LiverTumorSegLib.terminology`` do not pay for importing torch.
+_LAZY = {
+    "build_model": ".models",
+    "build_model_from_config": ".models",
+    "ModelConfig": ".models",
+    "MODEL_NAMES": ".models",
+    "selective_scan": ".models.scan",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "__version__",
@@ -32,6 +48,7 @@ __all__ = [
     "ProgressCallback",
     "ProgressReporter",
     "build_model",
+    "build_model_from_config",
     "ModelConfig",
     "MODEL_NAMES",
     "selective_scan",
