@@ -231,9 +231,10 @@ def make_template_case(template: Template, seed: int, phase: Optional[str] = Non
     out_grid = _output_grid(template, rng, inplane, thickness, max_inplane_voxels)
 
     # Synthesise on a grid with thin slices, then simulate the slice thickness (partial volume).
-    fine_z = min(thickness, 1.0)
+    step = max(1, int(math.ceil(thickness / 1.0 - 1e-6)))  # thin sub-slices per acquired slice
+    fine_z = thickness / step
     fine_size = list(out_grid.GetSize())
-    fine_size[2] = int(math.ceil(fine_size[2] * thickness / fine_z))
+    fine_size[2] = fine_size[2] * step
     fine = sitk.Image(fine_size, sitk.sitkUInt8)
     fine.SetSpacing((out_grid.GetSpacing()[0], out_grid.GetSpacing()[1], fine_z))
     fine.SetDirection(out_grid.GetDirection())
@@ -285,7 +286,6 @@ def make_template_case(template: Template, seed: int, phase: Optional[str] = Non
     psf = float(rng.uniform(0.3, 0.8))
     sigma = (thickness / 2.355 / fine_z, psf / fine.GetSpacing()[1], psf / fine.GetSpacing()[0])
     img = ndimage.gaussian_filter(img.astype(np.float32), sigma)
-    step = max(1, int(round(thickness / fine_z)))
     img = img[step // 2::step][: out_grid.GetSize()[2]]
     liver_f = ndimage.uniform_filter1d(liver.astype(np.float32), step, axis=0)[step // 2::step][: out_grid.GetSize()[2]]
     tum_f = ndimage.uniform_filter1d(tumour.astype(np.float32), step, axis=0)[step // 2::step][: out_grid.GetSize()[2]]
