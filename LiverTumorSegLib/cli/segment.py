@@ -1,0 +1,269 @@
+"""``livertumorseg segment INPUT -o OUTPUT``: segment liver and liver tumours in one CT.
+
+INPUT is an image file (.nii.gz, .nii, .nrrd, .mha, ...) or a DICOM folder. OUTPUT's extension
+chooses the format: .nii.gz / .nii / .nrrd / .mha labelmap (0 background, 1 liver, 2 tumour)
+or .seg.nrrd (a 3D Slicer segmentation). Output and report paths are checked before any heavy
+work; both are written atomically, so a failed or cancelled run leaves no partial file.
+
+``--progress jsonl`` makes stdout machine-readable, one JSON object per line:
+``{"event": "progress", "phase", "fraction", "message", "eta_s"}`` ..., then
+``{"event": "done", "output", "report_path", "report": {...}}`` or
+``{"event": "error", "message"}`` (the error line also goes to stderr, exit code non-zero).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..errors import InputError, LiverTumorSegError, OutputError
+
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _overlap(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
+def _non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0.0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..inference import SegmentOptions
+
+    d = SegmentOptions()
+    p = subparsers.add_parser(
+        "segment",
+        help="segment liver and liver tumours in a CT volume",
+        description="Segment liver (label 1) and liver tumours (label 2) in a 3D CT and report volumes. "
+                    "Research software, not for clinical use.",
+    )
+    p.add_argument("input", metavar="INPUT", help="CT image file or DICOM folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="labelmap to write: .nii.gz, .nii, .nrrd, .mha, or .seg.nrrd (Slicer segmentation)")
+    p.add_argument("--model", default=None, metavar="WEIGHTS",
+                   help="weights .safetensors (with its .json sidecar); default: the bundled model")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="compute device (default: auto = cuda > mps > cpu)")
+    p.add_argument("--report", default=None, metavar="REPORT.json", help="also write the JSON report here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output/report files")
+    p.add_argument("--window", nargs=3, type=_positive_int, metavar=("D", "H", "W"), default=None,
+                   help=f"sliding window in network voxels (default: {' '.join(map(str, d.window))})")
+    p.add_argument("--overlap", type=_overlap, default=None, help=f"window overlap in [0, 1) (default: {d.overlap})")
+    p.add_argument("--batch", type=_positive_int, default=d.sw_batch_size, help="windows per network call")
+    p.add_argument("--fast", action="store_true", help="no window overlap: faster, may show seams")
+    p.add_argument("--no-largest-component", action="store_true",
+                   help="keep every liver component, not only the largest")
+    p.add_argument("--no-tumour-in-liver", action="store_true", help="keep tumour voxels outside the liver region")
+    p.add_argument("--min-tumour-ml", type=_non_negative, default=d.min_tumour_volume_ml, metavar="ML",
+                   help=f"drop tumours smaller than this (mL; 0 keeps all; default: {d.min_tumour_volume_ml})")
+    p.add_argument("--no-fill-holes", action="store_true", help="do not fill enclosed holes of the liver")
+    p.add_argument("--no-body-crop", action="store_true",
+                   help="run the network on the whole field of view, not only on the body's bounding box")
+    p.add_argument("--series-uid", default=None, metavar="UID", help="DICOM series to read when a folder holds several")
+    p.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"],
+                   help="progress on stderr as a bar (default), JSON lines on stdout, or none")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all usable)")
+    p.set_defaults(func=run)
+
+
+def _writable_folder(path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder we can create files in.
+
+    Probed by creating (and removing) a temporary file: permission bits alone say nothing for
+    root, read-only mounts or special file systems.
+    """
+    probe = path.parent if str(path.parent) else Path(".")
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write {path}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".livertumorseg-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: folder {probe} is not writable ({exc.strerror or exc})") from None
+
+
+def check_output_path(path: Path, overwrite: bool, what: str = "output") -> None:
+    """Raise OutputError now (before any heavy work) if ``path`` cannot be written."""
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{what} {path} already exists (use --overwrite to replace it)")
+    _writable_folder(path)
+
+
+def options_from_args(args: argparse.Namespace):
+    from ..inference import SegmentOptions
+
+    kw = dict(
+        device=args.device,
+        sw_batch_size=args.batch,
+        fast=bool(args.fast),
+        threads=args.threads,
+        largest_liver_component=not args.no_largest_component,
+        tumour_inside_liver=not args.no_tumour_in_liver,
+        min_tumour_volume_ml=float(args.min_tumour_ml),
+        fill_holes=not args.no_fill_holes,
+        crop_to_body=not args.no_body_crop,
+    )
+    if args.window is not None:
+        kw["window"] = tuple(args.window)
+    if args.overlap is not None:
+        kw["overlap"] = args.overlap
+    return SegmentOptions(**kw)
+
+
+class _Bar:
+    """tqdm progress bar on stderr, 0..100 %."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, file=sys.stderr, unit="%", dynamic_ncols=True,
+                        bar_format="{desc:<12}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
+        self.n = 0
+
+    def __call__(self, event) -> bool:
+        target = int(round(100 * event.fraction))
+        self.bar.set_description_str(event.phase, refresh=False)
+        if event.message:
+            self.bar.set_postfix_str(event.message[:40], refresh=False)
+        if target > self.n:
+            self.bar.update(target - self.n)
+            self.n = target
+        else:
+            self.bar.refresh()
+        return False
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    jsonl = args.progress == "jsonl"
+    try:
+        return _run(args, jsonl)
+    except LiverTumorSegError as exc:
+        if jsonl:
+            _emit({"event": "error", "message": str(exc), "kind": type(exc).__name__})
+        raise
+    except KeyboardInterrupt:
+        if jsonl:
+            _emit({"event": "error", "message": "interrupted", "kind": "Cancelled"})
+        raise
+
+
+def _run(args: argparse.Namespace, jsonl: bool) -> int:
+    from ..image_io import output_format
+    from ..inference import PHASE_WEIGHTS, segment
+    from ..progress import ProgressReporter
+    from ..report import format_summary
+
+    t0 = time.perf_counter()
+    input_path = Path(args.input).expanduser()
+    output = Path(args.output).expanduser()
+    report_path: Optional[Path] = Path(args.report).expanduser() if args.report else None
+
+    # Cheap checks first: nothing heavy runs when the command cannot succeed.
+    if not input_path.exists():
+        raise InputError(f"input not found: {input_path}")
+    output_format(output)  # OutputError for an unsupported extension
+    if output.resolve() == input_path.resolve():
+        raise OutputError("output would replace the input image")
+    check_output_path(output, args.overwrite, "output")
+    if report_path is not None:
+        if report_path.resolve() == output.resolve():
+            raise OutputError("report and output are the same file")
+        check_output_path(report_path, args.overwrite, "report")
+    options = options_from_args(args)
+
+    bar = None
+    if args.progress == "bar":
+        bar = _Bar()
+        callback = bar
+    elif jsonl:
+        def callback(event) -> bool:
+            _emit({"event": "progress", **event.to_dict()})
+            return False
+    else:
+        callback = None
+    reporter = ProgressReporter(callback, PHASE_WEIGHTS)
+    try:
+        from ..image_io import read_image_with_info, write_labelmap
+        from ..weights import load_model
+
+        reporter.report("read", 0.0, "loading the model")
+        loaded = load_model(args.model, device="cpu")
+        reporter.report("read", 0.3, "reading the image")
+        t = time.perf_counter()
+        image, input_info = read_image_with_info(str(input_path), series_uid=args.series_uid)
+        t_read = time.perf_counter() - t
+        reporter.report("read", 1.0, "image read")
+
+        result = segment(image, loaded, options, progress=reporter, input_path=str(input_path))
+
+        reporter.report("write", 0.0, f"writing {output.name}")
+        t = time.perf_counter()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_labelmap(result.labelmap, output, overwrite=args.overwrite)
+        report = result.report
+        report["output"] = str(output)
+        report["input"] = {k: v for k, v in input_info.items() if k != "geometry"}
+        report["timings_s"]["read"] = round(t_read, 3)
+        if report_path is not None:
+            from ..report import save_report
+
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report["timings_s"]["write"] = round(time.perf_counter() - t, 3)
+            report["timings_s"]["wall"] = round(time.perf_counter() - t0, 3)
+            save_report(report, report_path, overwrite=args.overwrite)
+        else:
+            report["timings_s"]["write"] = round(time.perf_counter() - t, 3)
+            report["timings_s"]["wall"] = round(time.perf_counter() - t0, 3)
+        reporter.report("write", 1.0, "done")
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if jsonl:
+        _emit({"event": "done", "output": str(output), "report_path": str(report_path) if report_path else None,
+               "report": report})
+    else:
+        print(format_summary(report))
+        print(f"Wrote {output}" + (f" and {report_path}" if report_path else ""))
+    return 0

@@ -1,0 +1,292 @@
+"""`livertumorseg segment` end to end with a tiny random-weights model on a small synthetic CT."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers_model import make_tiny_weights
+from LiverTumorSegLib.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+OBLIQUE = (0.0, 1.0, 0.0, -0.8, 0.0, 0.6, 0.6, 0.0, 0.8)
+FORMATS = [".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    from LiverTumorSegLib.synthetic import make_synthetic_ct
+
+    d = tmp_path_factory.mktemp("cli")
+    syn = make_synthetic_ct(size=(40, 36, 10), spacing=(1.6, 1.4, 3.0), direction=OBLIQUE,
+                            origin=(12.0, -30.0, 7.5), seed=3)
+    ct = d / "ct.nrrd"
+    sitk.WriteImage(syn.image, str(ct))
+    weights = make_tiny_weights(d, seed=1)
+    return {"dir": d, "ct": ct, "image": sitk.ReadImage(str(ct)), "weights": weights}
+
+
+def run_cli(capsys, *args):
+    if "--threads" not in args:
+        args = (*args, "--threads", "1")  # tiny model: one thread is fastest, also on a busy CI machine
+    rc = main(["segment", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *words):
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("livertumorseg: error:")
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_each_output_format_on_exactly_the_input_grid(case, capsys, tmp_path, ext):
+    from LiverTumorSegLib.image_io import read_labelmap
+
+    out = tmp_path / f"seg{ext}"
+    rc, stdout, err = run_cli(capsys, case["ct"], "-o", out, "--model", case["weights"], "--device", "cpu",
+                              "--progress", "none", "--window", 16, 16, 16)
+    assert rc == 0, err
+    assert "Liver volume" in stdout and "Tumours:" in stdout
+    lab = read_labelmap(out)
+    img = case["image"]
+    assert lab.GetSize() == img.GetSize()
+    np.testing.assert_allclose(lab.GetSpacing(), img.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(lab.GetOrigin(), img.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(lab.GetDirection(), img.GetDirection(), atol=1e-6)
+    assert set(np.unique(sitk.GetArrayViewFromImage(lab))) <= {0, 1, 2}
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp files left behind
+
+
+def test_report_json_and_same_result_as_library(case, capsys, tmp_path):
+    from LiverTumorSegLib.inference import SegmentOptions, segment
+    from LiverTumorSegLib.weights import load_model
+
+    out, rep = tmp_path / "seg.nii.gz", tmp_path / "report.json"
+    rc, stdout, err = run_cli(capsys, case["ct"], "-o", out, "--report", rep, "--model", case["weights"],
+                              "--device", "cpu", "--progress", "none", "--min-tumour-ml", "0",
+                              "--no-fill-holes", "--threads", "1")
+    assert rc == 0, err
+    r = json.loads(rep.read_text())
+    for key in ("liver_volume_ml", "liver_parenchyma_volume_ml", "tumour_count", "tumour_total_volume_ml",
+                "tumour_burden_percent", "tumours", "model", "device", "timings_s", "postprocessing", "image",
+                "input", "output", "compute"):
+        assert key in r, key
+    assert r["model"]["sha256"] == load_model(case["weights"]).sha256
+    assert r["postprocessing"]["options"]["fill_holes"] is False
+    assert r["postprocessing"]["options"]["min_tumour_volume_ml"] == 0
+    assert r["compute"]["threads"] == 1
+    lib = segment(case["image"], load_model(case["weights"]),
+                  SegmentOptions(device="cpu", min_tumour_volume_ml=0, fill_holes=False))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
+                                  sitk.GetArrayFromImage(lib.labelmap))
+    assert r["tumour_count"] == lib.report["tumour_count"]
+
+
+def test_jsonl_progress_then_done(case, capsys, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    rc, stdout, err = run_cli(capsys, case["ct"], "-o", out, "--model", case["weights"], "--device", "cpu",
+                              "--progress", "jsonl", "--window", 8, 16, 16)
+    assert rc == 0, err
+    events = [json.loads(l) for l in stdout.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["output"] == str(out)
+    assert "liver_volume_ml" in events[-1]["report"]
+    progress = [e for e in events[:-1]]
+    assert all(e["event"] == "progress" for e in progress)
+    phases = [e["phase"] for e in progress]
+    for ph in ("read", "preprocess", "inference", "restore", "postprocess", "write"):
+        assert ph in phases
+    fr = [e["fraction"] for e in progress]
+    assert fr == sorted(fr) and fr[-1] == pytest.approx(1.0)
+    assert sum(1 for e in progress if e["message"].startswith("window")) >= 2
+
+
+def _write(tmp_path, name, arr, spacing=(1.0, 1.0, 2.0)):
+    img = sitk.GetImageFromArray(arr, isVector=False)
+    if img.GetDimension() == 3:
+        img.SetSpacing(spacing)
+    p = tmp_path / name
+    sitk.WriteImage(img, str(p))
+    return p
+
+
+def _bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    ct = rng.uniform(-1000, 400, (6, 12, 12)).astype(np.float32)
+    nan = ct.copy()
+    nan[2, 3, 4] = np.nan
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b this is not a nifti file" * 20)
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(ct), sitk.GetImageFromArray(ct)])
+    p4 = tmp_path / "four_d.nii.gz"
+    sitk.WriteImage(four_d, str(p4))
+    return {
+        "missing": (tmp_path / "nope.nii.gz", ["not found"]),
+        "corrupt": (corrupt, ["cannot read"]),
+        "2d": (_write(tmp_path, "flat.mha", ct[0]), ["2D"]),
+        "4d": (p4, ["4D"]),
+        "constant": (_write(tmp_path, "const.nii.gz", np.full((6, 12, 12), -1000, np.float32)), ["constant"]),
+        "nan": (_write(tmp_path, "nan.nrrd", nan), ["NaN"]),  # NIfTI reading turns NaN into 0
+        "not_hu": (_write(tmp_path, "mr.nii.gz", rng.uniform(0, 800, (6, 12, 12)).astype(np.float32)), ["-500"]),
+        "empty_folder": (empty, ["empty"]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "2d", "4d", "constant", "nan", "not_hu", "empty_folder"])
+def test_bad_input_one_line_error_no_output(case, capsys, tmp_path, kind):
+    path, words = _bad_inputs(tmp_path)[kind]
+    out = tmp_path / "out" / "seg.nii.gz"
+    rc, stdout, err = run_cli(capsys, path, "-o", out, "--model", case["weights"], "--progress", "none",
+                              "--report", tmp_path / "out" / "r.json")
+    assert_one_line_error(rc, err, *words)
+    assert not out.exists() and not (tmp_path / "out" / "r.json").exists()
+
+
+def test_existing_output_untouched_without_overwrite(case, capsys, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    out.write_bytes(b"precious")
+    rc, stdout, err = run_cli(capsys, case["ct"], "-o", out, "--model", case["weights"], "--progress", "none")
+    assert_one_line_error(rc, err, "already exists", "--overwrite")
+    assert out.read_bytes() == b"precious"
+    rep = tmp_path / "r.json"
+    rep.write_text("{}")
+    rc, _, err = run_cli(capsys, case["ct"], "-o", tmp_path / "new.nii.gz", "--report", rep, "--model",
+                         case["weights"], "--progress", "none")
+    assert_one_line_error(rc, err, "report", "already exists")
+    assert not (tmp_path / "new.nii.gz").exists() and rep.read_text() == "{}"
+    rc, _, err = run_cli(capsys, case["ct"], "-o", out, "--model", case["weights"], "--progress", "none",
+                         "--overwrite", "--device", "cpu")
+    assert rc == 0, err
+    assert sitk.ReadImage(str(out)).GetSize() == case["image"].GetSize()
+
+
+def test_unwritable_output_folder(case, capsys, tmp_path, monkeypatch):
+    from LiverTumorSegLib import inference
+
+    monkeypatch.setattr(inference, "segment", lambda *a, **k: pytest.fail("heavy work started"))
+    if os.geteuid() == 0:  # root writes anywhere a mode allows; /proc refuses new files
+        folder = Path("/proc")
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+    rc, _, err = run_cli(capsys, case["ct"], "-o", folder / "seg.nii.gz", "--model", case["weights"],
+                         "--progress", "none")
+    assert_one_line_error(rc, err, "not writable")
+    assert not (folder / "seg.nii.gz").exists()
+    # a 'folder' that is a file
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    rc, _, err = run_cli(capsys, case["ct"], "-o", f / "seg.nii.gz", "--model", case["weights"], "--progress", "none")
+    assert_one_line_error(rc, err, "not a folder")
+
+
+def test_bad_weights_and_bad_format_are_one_line_errors(case, capsys, tmp_path):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"nope")
+    out = tmp_path / "seg.nii.gz"
+    rc, _, err = run_cli(capsys, case["ct"], "-o", out, "--model", bad, "--progress", "none")
+    assert_one_line_error(rc, err, "safetensors")
+    rc, _, err = run_cli(capsys, case["ct"], "-o", tmp_path / "seg.png", "--model", case["weights"], "--progress", "none")
+    assert_one_line_error(rc, err, "unsupported output format")
+    assert not out.exists()
+
+
+def test_jsonl_error_event(case, capsys, tmp_path):
+    rc, stdout, err = run_cli(capsys, tmp_path / "nope.nrrd", "-o", tmp_path / "o.nii.gz", "--model",
+                              case["weights"], "--progress", "jsonl")
+    assert rc != 0
+    (line,) = stdout.splitlines()
+    ev = json.loads(line)
+    assert ev["event"] == "error" and "not found" in ev["message"]
+    assert_one_line_error(rc, err, "not found")
+
+
+def test_cancel_from_progress_writes_nothing(case, capsys, tmp_path, monkeypatch):
+    """A progress callback that asks to cancel mid-inference: exit 130, no output file."""
+    from LiverTumorSegLib import progress as progress_mod
+
+    real_report = progress_mod.ProgressReporter.report
+
+    def report(self, phase, fraction=0.0, message=""):
+        if phase == "inference" and message.startswith("window"):
+            self.callback = lambda e: True
+        return real_report(self, phase, fraction, message)
+
+    monkeypatch.setattr(progress_mod.ProgressReporter, "report", report)
+    out = tmp_path / "seg.seg.nrrd"
+    rc, _, err = run_cli(capsys, case["ct"], "-o", out, "--model", case["weights"], "--progress", "jsonl",
+                         "--report", tmp_path / "r.json")
+    assert rc == 130
+    assert_one_line_error(rc, err, "cancelled")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_three_slice_volume(case, capsys, tmp_path):
+    from LiverTumorSegLib.synthetic import make_synthetic_ct
+
+    img = make_synthetic_ct(size=(120, 100, 3), spacing=(3.2, 3.2, 1.0), seed=2).image
+    p = tmp_path / "thin.nii.gz"
+    sitk.WriteImage(img, str(p))
+    out = tmp_path / "thin_seg.nii.gz"
+    rc, _, err = run_cli(capsys, p, "-o", out, "--model", case["weights"], "--progress", "none")
+    assert rc == 0, err
+    assert sitk.ReadImage(str(out)).GetSize() == (120, 100, 3)
+
+
+def test_argument_validation(capsys):
+    for args in (["--overlap", "1.5"], ["--batch", "0"], ["--window", "8", "8"], ["--min-tumour-ml", "-1"],
+                 ["--device", "tpu"]):
+        with pytest.raises(SystemExit) as e:
+            main(["segment", "in.nii.gz", "-o", "o.nii.gz", *args])
+        assert e.value.code == 2
+    capsys.readouterr()
+
+
+def test_subprocess_module_and_console_script(case, tmp_path):
+    """`python -m LiverTumorSegLib segment` runs the same command as `livertumorseg segment`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "seg.nii.gz"
+    p = subprocess.run([sys.executable, "-m", "LiverTumorSegLib", "segment", str(case["ct"]), "-o", str(out),
+                        "--model", str(case["weights"]), "--device", "cpu", "--progress", "jsonl", "--threads", "1"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["event"] == "done" and out.is_file()
+    script = Path(sys.executable).with_name("livertumorseg")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "LiverTumorSegLib"]
+    p = subprocess.run(cmd + ["segment", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x.nii.gz"),
+                              "--model", str(case["weights"])], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr and p.stderr.strip().startswith("livertumorseg: error:")
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_real_dicom_folder(case, capsys, tmp_path, shared_data):
+    """A real DICOM series (../shared/data) in, a Slicer .seg.nrrd on its grid out."""
+    from LiverTumorSegLib.image_io import read_image, read_labelmap
+
+    folder = shared_data / "totalseg_example_dicom" / "dicom"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    out, rep = tmp_path / "seg.seg.nrrd", tmp_path / "r.json"
+    rc, _, err = run_cli(capsys, folder, "-o", out, "--report", rep, "--model", case["weights"], "--progress", "none")
+    assert rc == 0, err
+    img, lab = read_image(folder), read_labelmap(out)
+    assert lab.GetSize() == img.GetSize()
+    np.testing.assert_allclose(lab.GetOrigin(), img.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(lab.GetDirection(), img.GetDirection(), atol=1e-6)
+    assert json.loads(rep.read_text())["input"]["format"] == "dicom"

@@ -1,0 +1,252 @@
+"""Benchmark the whole ``segment`` pipeline on a synthetic CT (not a test).
+
+Times every phase (preprocess, sliding-window inference, back to the input grid, clean-up,
+report) and the peak resident memory of the ``full`` model (random weights: speed does not
+depend on training) against the same pipeline, same windows, same process, with MONAI's
+SegResNet(init_filters=16) in place of the network; prints both and their ratio.
+
+    .venv/bin/python training/benchmarks/bench_pipeline.py            # 512x512x160, 0.8x0.8x2.5 mm
+    .venv/bin/python training/benchmarks/bench_pipeline.py --size 256 256 64 --no-segresnet
+    .venv/bin/python training/benchmarks/bench_pipeline.py --profile   # torch profiler, one window
+
+Targets (2-core CPU): whole volume < 60 s, peak < 4 GB, not slower than the SegResNet run.
+Peak memory: a sampling thread reads this process's resident set size (``/proc/self/statm``)
+every 10 ms during each run, so the two runs are measured separately in one process;
+``ru_maxrss`` (whole-process peak) is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+class PeakRSS:
+    """Peak resident set size (bytes) while the context is open, by sampling."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except OSError:  # not Linux: fall back to the process peak
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self.base = self._rss()
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def run_pipeline(image, loaded, options, label: str) -> dict:
+    import gc
+
+    from LiverTumorSegLib.inference import segment
+
+    gc.collect()
+    windows = []
+
+    def cb(event):
+        if event.phase == "inference" and event.message.startswith("window"):
+            windows.append(time.perf_counter())
+        return False
+
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        result = segment(image, loaded, options, progress=cb)
+        wall = time.perf_counter() - t
+    per_window = [b - a for a, b in zip(windows, windows[1:])]
+    out = {
+        "pipeline": label,
+        "wall_s": round(wall, 2),
+        "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
+        "windows": result.report["compute"]["windows"],
+        "window": result.report["compute"]["window"],
+        "median_window_s": round(sorted(per_window)[len(per_window) // 2], 3) if per_window else None,
+        "peak_rss_gb": round(mem.peak / 2**30, 2),
+        "rss_before_gb": round(mem.base / 2**30, 2),
+        "threads": result.report["compute"].get("threads"),
+    }
+    del result
+    gc.collect()
+    return out
+
+
+def interleaved_window_ratio(model, other, window, n: int) -> dict:
+    """Forward time of one window, model and comparator alternately (A B A B ...): both see the
+    same moments of a shared CPU, so the median ratio is robust to other processes' load."""
+    import statistics
+
+    import torch
+
+    x = torch.rand(1, 1, *window)
+    times = {"model": [], "other": []}
+    with torch.inference_mode():
+        model(x), other(x)  # warm-up (primitive creation)
+        for _ in range(n):
+            for key, net in (("model", model), ("other", other)):
+                t = time.perf_counter()
+                net(x)
+                times[key].append(time.perf_counter() - t)
+    ratios = [a / b for a, b in zip(times["model"], times["other"])]
+    return {"window": list(window), "model_s": [round(v, 2) for v in times["model"]],
+            "segresnet_s": [round(v, 2) for v in times["other"]], "median_ratio": round(statistics.median(ratios), 3)}
+
+
+def profile_one_window(model, window, channels_last: bool) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.rand(1, 1, *window)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        model(x)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            model(x)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", nargs=3, type=int, default=(512, 512, 160), metavar=("X", "Y", "Z"))
+    ap.add_argument("--spacing", nargs=3, type=float, default=(0.8, 0.8, 2.5), metavar=("SX", "SY", "SZ"))
+    ap.add_argument("--model", default="full", help="model variant (random weights)")
+    ap.add_argument("--features", nargs="+", type=int, default=None,
+                    help="override the widths (e.g. 4 8: a near-free network, to time the non-network steps)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each pipeline this many times, alternating; "
+                    "the fastest run counts (other processes share the CPU)")
+    ap.add_argument("--window", nargs=3, type=int, default=None, metavar=("D", "H", "W"))
+    ap.add_argument("--overlap", type=float, default=None)
+    ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--no-body-crop", action="store_true", help="network on the whole field of view")
+    ap.add_argument("--no-segresnet", action="store_true", help="skip the SegResNet comparison")
+    ap.add_argument("--segresnet-first", action="store_true", help="run SegResNet before the model")
+    ap.add_argument("--window-pairs", type=int, default=3,
+                    help="also time this many model/SegResNet window forwards alternately (0: skip)")
+    ap.add_argument("--profile", action="store_true", help="torch profiler table of one window, then exit")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    import torch
+    from monai.networks.nets import SegResNet
+
+    from LiverTumorSegLib.inference import SegmentOptions
+    from LiverTumorSegLib.models import build_model
+    from LiverTumorSegLib.synthetic import make_synthetic_ct
+    from LiverTumorSegLib.weights import LoadedModel, load_model, save_weights
+
+    from LiverTumorSegLib.device import choose_cpu_threads
+
+    # One thread count for both pipelines (the default: the CPUs not busy with other work now).
+    threads = choose_cpu_threads(args.threads)
+    torch.set_num_threads(threads)
+    opts = {"device": "cpu", "threads": threads, "channels_last": args.channels_last, "fast": args.fast,
+            "crop_to_body": not args.no_body_crop}
+    if args.window:
+        opts["window"] = tuple(args.window)
+    if args.overlap is not None:
+        opts["overlap"] = args.overlap
+    options = SegmentOptions(**opts)
+
+    torch.manual_seed(0)
+    model = build_model(args.model, **({"features": tuple(args.features)} if args.features else {})).eval()
+    if args.profile:
+        profile_one_window(model, options.window, args.channels_last)
+        return 0
+
+    t = time.perf_counter()
+    case = make_synthetic_ct(size=tuple(args.size), spacing=tuple(args.spacing), seed=0)
+    t_synth = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_weights(model, Path(tmp) / f"{args.model}.safetensors", {"name": args.model, "version": "bench"})
+        loaded = load_model(path)
+    del model
+    n_params = sum(p.numel() for p in loaded.model.parameters())
+    print(f"synthetic CT {tuple(args.size)} at {tuple(args.spacing)} mm made in {t_synth:.1f} s; "
+          f"{args.model}: {n_params / 1e6:.2f} M parameters; torch threads {torch.get_num_threads()}", flush=True)
+
+    runs = []
+    seg = None
+    if not args.no_segresnet:
+        torch.manual_seed(0)
+        # MONAI SegResNet(init_filters=16) behind the models' forward contract (padded to a
+        # multiple of 8 and cropped back, like the hybrid U-Net pads to its stride).
+        net = build_model("segresnet").eval().requires_grad_(False)
+        assert isinstance(net.net, SegResNet) and net.net.init_filters == 16
+        seg = LoadedModel(model=net, metadata={"name": "SegResNet(init_filters=16)"}, preprocessing=loaded.preprocessing,
+                          path=Path("segresnet"), sha256="-")
+    order = [("model", loaded)] + ([("segresnet", seg)] if seg else [])
+    if args.segresnet_first:
+        order.reverse()
+    best: dict = {}
+    for _ in range(max(1, args.repeat)):
+        for label, lm in order:
+            r = run_pipeline(case.image, lm, options, f"{label} ({lm.metadata.get('name')})")
+            print(json.dumps(r), flush=True)
+            if label not in best or r["wall_s"] < best[label]["wall_s"]:
+                peak = max(r["peak_rss_gb"], best.get(label, {}).get("peak_rss_gb", 0))
+                best[label] = {**r, "peak_rss_gb": peak}
+    runs = [best[label] for label, _ in order]
+
+    if seg is not None and args.window_pairs > 0:
+        win = tuple(runs[0]["window"])
+        pairs = interleaved_window_ratio(loaded.model, seg.model, win, args.window_pairs)
+        print("interleaved window forwards:", json.dumps(pairs), flush=True)
+    else:
+        pairs = None
+
+    summary = {"size": list(args.size), "spacing": list(args.spacing), "options": options.to_dict(), "runs": runs,
+               "ru_maxrss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+               "interleaved_windows": pairs}
+    if len(runs) == 2:
+        m = next(r for r in runs if r["pipeline"].startswith("model"))
+        s = next(r for r in runs if r["pipeline"].startswith("segresnet"))
+        summary["time_ratio_model_over_segresnet"] = round(m["wall_s"] / s["wall_s"], 3)
+        summary["inference_ratio_model_over_segresnet"] = round(
+            m["timings_s"]["inference"] / s["timings_s"]["inference"], 3)
+        print(f"time ratio model/SegResNet: whole pipeline {summary['time_ratio_model_over_segresnet']:.2f}, "
+              f"network part {summary['inference_ratio_model_over_segresnet']:.2f}"
+              + (f", interleaved window forwards (robust) {pairs['median_ratio']:.2f}" if pairs else ""))
+    m = runs[0] if runs[0]["pipeline"].startswith("model") else runs[-1]
+    ok_t = m["wall_s"] < 60
+    ok_m = m["peak_rss_gb"] < 4
+    print(f"model pipeline: {m['wall_s']:.1f} s ({'<' if ok_t else '>='} 60 s target), peak RSS "
+          f"{m['peak_rss_gb']:.2f} GB ({'<' if ok_m else '>='} 4 GB target); process ru_maxrss "
+          f"{summary['ru_maxrss_gb']:.2f} GB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
