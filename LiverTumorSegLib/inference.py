@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -33,6 +33,9 @@ from .progress import ProgressEvent, ProgressReporter
 # Share of the whole run per phase (the command line adds read/write around segment()).
 PHASE_WEIGHTS = {"read": 0.04, "preprocess": 0.08, "inference": 0.74, "restore": 0.07, "postprocess": 0.04,
                  "write": 0.03}
+
+
+DEFAULT_WINDOW = (48, 256, 256)
 
 
 @dataclass
@@ -50,7 +53,7 @@ class SegmentOptions:
     the network grid (the air around the patient).
     """
 
-    window: tuple[int, int, int] = (48, 256, 256)
+    window: Optional[tuple[int, int, int]] = None  # None: the model's own (sidecar), else DEFAULT_WINDOW
     overlap: float = 0.25
     sw_batch_size: int = 1
     mode: str = "gaussian"
@@ -68,9 +71,14 @@ class SegmentOptions:
     return_probabilities: bool = False
 
     def __post_init__(self) -> None:
+        if self.window is None:
+            return self._check()
         self.window = tuple(int(w) for w in self.window)  # type: ignore[assignment]
         if len(self.window) != 3 or any(w < 1 for w in self.window):
             raise LiverTumorSegError(f"window must be three positive sizes (D H W), got {self.window}")
+        self._check()
+
+    def _check(self) -> None:
         if not 0.0 <= float(self.overlap) < 1.0:
             raise LiverTumorSegError(f"overlap must be in [0, 1), got {self.overlap}")
         if int(self.sw_batch_size) < 1:
@@ -79,6 +87,18 @@ class SegmentOptions:
             raise LiverTumorSegError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
         if self.min_tumour_volume_ml < 0 or not math.isfinite(self.min_tumour_volume_ml):
             raise LiverTumorSegError(f"minimum tumour volume must be >= 0 mL, got {self.min_tumour_volume_ml}")
+
+    def for_model(self, metadata: Optional[dict]) -> "SegmentOptions":
+        """A copy whose window is the user's, else the model's recommended one, else the default.
+
+        A model trained on small patches predicts best on windows of that size (instance
+        normalisation and the Mamba sequence see what they saw in training), so its sidecar
+        may carry ``inference.window``.
+        """
+        if self.window is not None:
+            return self
+        window = ((metadata or {}).get("inference") or {}).get("window") or DEFAULT_WINDOW
+        return replace(self, window=tuple(int(w) for w in window))
 
     @property
     def effective_overlap(self) -> float:
@@ -94,7 +114,7 @@ class SegmentOptions:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["window"] = list(self.window)
+        d["window"] = None if self.window is None else list(self.window)
         return d
 
 
@@ -178,7 +198,7 @@ def _sliding_window(x: torch.Tensor, model: torch.nn.Module, options: SegmentOpt
     from monai.inferers import sliding_window_inference
 
     shape = tuple(x.shape[2:])
-    roi = tuple(min(w, s) for w, s in zip(options.window, shape))
+    roi = tuple(min(w, s) for w, s in zip(options.window or DEFAULT_WINDOW, shape))
     overlap = options.effective_overlap
     total = count_windows(shape, roi, overlap)
     attempts = list(_attempts(device, options))
@@ -359,7 +379,7 @@ def segment(
     """
     from .image_io import validate_ct
 
-    opts = options or SegmentOptions()
+    opts = (options or SegmentOptions()).for_model(getattr(loaded, "metadata", None))
     reporter = as_reporter(progress)
     timings: dict[str, float] = {}
     notes: list[str] = []

@@ -299,3 +299,13 @@ def test_cuda_fallback_order():
     assert steps[0][4] is None and all("out of memory" in s[4] for s in steps[1:])
     cpu_only = list(inference._attempts(torch.device("cpu"), SegmentOptions()))
     assert len(cpu_only) == 1
+
+
+def test_window_comes_from_the_user_then_the_model_then_the_default():
+    from LiverTumorSegLib.inference import DEFAULT_WINDOW, SegmentOptions
+
+    meta = {"inference": {"window": [32, 96, 96]}}
+    assert SegmentOptions().for_model(meta).window == (32, 96, 96)
+    assert SegmentOptions(window=(8, 16, 16)).for_model(meta).window == (8, 16, 16)
+    assert SegmentOptions().for_model({}).window == DEFAULT_WINDOW
+    assert SegmentOptions().for_model(None).window == DEFAULT_WINDOW

@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, metavar="REPORT.json", help="also write the JSON report here")
     p.add_argument("--overwrite", action="store_true", help="replace existing output/report files")
     p.add_argument("--window", nargs=3, type=_positive_int, metavar=("D", "H", "W"), default=None,
-                   help=f"sliding window in network voxels (default: {' '.join(map(str, d.window))})")
+                   help="sliding window in network voxels (default: the model's recommended window, else 48 256 256)")
     p.add_argument("--overlap", type=_overlap, default=None, help=f"window overlap in [0, 1) (default: {d.overlap})")
     p.add_argument("--batch", type=_positive_int, default=d.sw_batch_size, help="windows per network call")
     p.add_argument("--fast", action="store_true", help="no window overlap: faster, may show seams")
