@@ -1,0 +1,316 @@
+"""Training machinery: cache preparation, split, sampling, learning, checkpoints, resume, DDP.
+
+Small synthetic data (synthetic.make_synthetic_ct through training/prepare.py) and tiny
+models keep the whole file within about a minute on two CPU cores; the DDP test (two gloo CPU
+processes through torchrun) is marked slow.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ltstrain.cache import Cache, make_split, prepare_cache
+from ltstrain.config import TrainConfig, lr_at
+from ltstrain.data import PatchDataset, choose_z, crop_pad
+from ltstrain.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = REPO / "training" / "configs" / "smoke.json"
+# small synthetic cases: ~32 x 64 x 64 on the network grid
+SYNTH = {"size_xy": 128, "spacing_xy": [0.7, 0.8], "extent_z_mm": 32.0, "spacing_z": [1.0, 2.0], "scale": 0.25}
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tensors are tiny, and on a shared 2-core machine a second
+    thread mostly spins (several times slower under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cache")
+    prepare_cache(root, synthetic=4, synthetic_options=SYNTH, split_seed=42, ratios=(0.5, 0.25, 0.25), log=QUIET)
+    return root
+
+
+def tiny_cfg(**updates) -> TrainConfig:
+    cfg = TrainConfig.load(SMOKE_CONFIG)
+    return cfg.with_updates(updates) if updates else cfg
+
+
+# ----------------------------------------------------------------------------- prepare
+def test_prepare_writes_manifest_and_arrays(cache_dir):
+    cache = Cache(cache_dir)
+    m = cache.manifest
+    assert len(m["cases"]) == 4
+    assert m["preprocessing"]["hu_min"] == -200 and m["preprocessing"]["hu_max"] == 200
+    for case in cache.cases():
+        e = case.entry
+        img, lab = case.image(), case.label()
+        assert img.shape == lab.shape == tuple(e["shape"])
+        assert img.dtype == np.float32 and lab.dtype == np.uint8
+        assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+        assert set(np.unique(lab)) <= {0, 1, 2} and (lab >= 1).any()
+        assert e["spacing_zyx"][0] == pytest.approx(1.0)
+        z0, z1 = e["liver_z"]
+        assert (lab[z0] >= 1).any() and (lab[z1] >= 1).any()
+        assert not (lab[:z0] >= 1).any() and not (lab[z1 + 1 :] >= 1).any()
+        assert "synthetic" in e["source"]
+    sp = cache.split
+    assert len(sp["train"]) == 2 and len(sp["val"]) == 1 and len(sp["test"]) == 1
+    assert sorted(sp["train"] + sp["val"] + sp["test"]) == sorted(m["cases"])
+
+
+def test_prepare_skips_unchanged_and_redoes_changed(tmp_path):
+    """Real-file layout (LiTS names): a re-run skips everything; touching one source redoes it."""
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib import synthetic
+
+    data = tmp_path / "lits"
+    data.mkdir()
+    for i in range(2):
+        sc = synthetic.make_synthetic_ct(size=(96, 96, 24), spacing=(1.2, 1.2, 1.5), seed=i)
+        sitk.WriteImage(sc.image, str(data / f"volume-{i}.nii.gz"))
+        sitk.WriteImage(sc.label, str(data / f"segmentation-{i}.nii.gz"))
+    out = tmp_path / "cache"
+    r1 = prepare_cache(out, data_root=data, split_seed=1, ratios=(0.5, 0.5, 0.0), log=QUIET)
+    assert sorted(r1["processed"]) == ["0", "1"] or len(r1["processed"]) == 2
+    entry = next(iter(r1["manifest"]["cases"].values()))
+    assert entry["source"]["image_checksum"]["size"] > 0
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}
+    r2 = prepare_cache(out, data_root=data, split_seed=1, ratios=(0.5, 0.5, 0.0), log=QUIET)
+    assert r2["processed"] == [] and len(r2["skipped"]) == 2
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")} == mtimes  # nothing rewritten
+    # change one source file: only that case is prepared again
+    label1 = data / "segmentation-1.nii.gz"
+    st = label1.stat()
+    os.utime(label1, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    r3 = prepare_cache(out, data_root=data, split_seed=1, ratios=(0.5, 0.5, 0.0), log=QUIET)
+    assert len(r3["processed"]) == 1 and len(r3["skipped"]) == 1
+    # other preprocessing parameters: everything is redone
+    r4 = prepare_cache(out, data_root=data, preprocessing={"hu_min": -150, "hu_max": 250}, log=QUIET)
+    assert len(r4["processed"]) == 2
+
+
+def test_prepare_cli_synthetic(tmp_path):
+    """training/prepare.py --synthetic (its main(), in-process) is idempotent."""
+    import prepare
+
+    argv = ["--synthetic", "2", "--out", str(tmp_path / "c"), "--quiet",
+            "--synthetic-options", json.dumps({**SYNTH, "extent_z_mm": 16.0})]
+    assert prepare.main(argv) == 0
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert len(m["cases"]) == 2 and m["split"]["seed"] == 42
+    stamp = (tmp_path / "c" / "cases" / "synth-000" / "image.npy").stat().st_mtime_ns
+    assert prepare.main(argv) == 0
+    assert (tmp_path / "c" / "cases" / "synth-000" / "image.npy").stat().st_mtime_ns == stamp
+    assert prepare.main(["--out", str(tmp_path / "d")]) == 2  # nothing to prepare
+
+
+def test_split_deterministic():
+    ids = [f"case{i}" for i in range(20)]
+    a = make_split(ids, 42, (0.7, 0.1, 0.2))
+    b = make_split(list(reversed(ids)), 42, (0.7, 0.1, 0.2))
+    c = make_split(ids, 57, (0.7, 0.1, 0.2))
+    assert a == b
+    assert a["test"] != c["test"]
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (14, 2, 4)
+    assert sorted(a["train"] + a["val"] + a["test"]) == sorted(ids)
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_crop_and_z_choice():
+    arr = np.arange(5 * 6 * 7).reshape(5, 6, 7)
+    out = crop_pad(arr, (-1, 2, 5), (3, 2, 4), fill=-1)
+    assert out.shape == (3, 2, 4)
+    assert (out[0] == -1).all() and (out[1:, :, :2] == arr[0:2, 2:4, 5:7]).all() and (out[:, :, 2:] == -1).all()
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        z = choose_z(rng, 100, 48, [30, 90])  # liver longer than the window: stay inside
+        assert 30 <= z and z + 48 <= 91
+        z = choose_z(rng, 100, 48, [40, 50])  # shorter: cover the whole liver range
+        assert z <= 40 and z + 48 > 50 and 0 <= z <= 52
+    assert choose_z(rng, 20, 48, [0, 19]) == -14  # thinner volume: centred, padded
+
+
+def test_patches_deterministic_and_on_liver(cache_dir):
+    cfg = tiny_cfg(fg_prob=1.0)
+    ds = PatchDataset(Cache(cache_dir).cases("train"), cfg)
+    a, b = ds.sample(1, epoch=3), ds.sample(1, epoch=3)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(ds.sample(1, epoch=4)["image"], a["image"])
+    assert a["image"].shape == (1, 16, 32, 32) and a["label"].dtype == torch.int64
+    assert set(a["label"].unique().tolist()) <= {0, 1, 2}
+    hits = sum(int((ds.sample(i, epoch=0)["label"] >= 1).any()) for i in range(len(ds)))
+    assert hits == len(ds)  # fg_prob 1: every patch is centred on liver
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine", min_lr_ratio=0.01)
+    lrs = [lr_at(cfg, e) for e in range(10)]
+    assert lrs[0] == pytest.approx(1e-3) and all(x > y for x, y in zip(lrs, lrs[1:])) and lrs[-1] > 1e-5
+    assert lr_at(TrainConfig(lr=2e-4, lr_schedule="constant"), 77) == 2e-4
+
+
+def test_config_roundtrip(tmp_path):
+    cfg = tiny_cfg().with_updates({"model_overrides.codebook_size": 8, "augment.rotate_deg": 5.0})
+    cfg.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == cfg
+    assert cfg.model_overrides["codebook_size"] == 8
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict({"no_such_key": 1})
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def trained_run(cache_dir, tmp_path_factory):
+    """A tiny baseline trained for 40 iterations; shared by the learning and checkpoint tests."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_cfg(
+        model="baseline", model_overrides={"features": [8, 16, 32]}, epochs=5, samples_per_case=4,
+        max_iters_per_epoch=None, lr=3e-3, patch_size=[16, 48, 48], fg_prob=0.8, val_every=1,
+    )
+    # validation before any training: the initial value the run must beat
+    from ltstrain.evaluation import validate
+    from ltstrain.trainer import build_training_model
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(cfg.seed)
+        initial = validate(build_training_model(cfg), Cache(cache_dir).cases("val"), cfg.patch_size)
+        summary = train(cfg, cache_dir, out, log=QUIET)
+    finally:
+        torch.set_num_threads(n)
+    return out, summary, initial
+
+
+def test_training_learns(trained_run):
+    out, summary, initial = trained_run
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert len(rows) == 5
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < 0.8 * losses[0], losses
+    liver = [float(r["val_dice_liver"]) for r in rows]
+    assert max(liver) > initial["dice_liver"] + 0.3, (initial["dice_liver"], liver)
+    assert max(liver) > 0.6, liver
+    assert summary["best"]["epoch"] == 1 + int(np.argmax([float(r["val_score"]) for r in rows]))
+
+
+def test_checkpoint_loads_and_segments(trained_run, cache_dir):
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib import inference, synthetic, weights
+
+    out, summary, _ = trained_run
+    for name in ("best", "last"):
+        assert (out / f"{name}.safetensors").is_file() and (out / f"{name}.json").is_file()
+    meta = json.loads((out / "best.json").read_text())
+    assert meta["model_config"]["use_mce"] is False and meta["model_config"]["features"] == [8, 16, 32]
+    assert meta["preprocessing"] == Cache(cache_dir).preprocessing
+    assert meta["seed"] == 42 and meta["training"]["data"]["n_train"] == 2
+    assert meta["validation"]["epoch"] == summary["best"]["epoch"]
+    assert {"torch", "monai", "LiverTumorSegLib"} <= set(meta["versions"])
+    assert "source_commit" in meta
+    # the optimiser state is safetensors + JSON, never pickle
+    assert (out / "last.optim.safetensors").is_file() and json.loads((out / "last.optim.json").read_text())["epoch"] == 5
+
+    loaded = weights.load_model(out / "best.safetensors")
+    # another grid than the training cases: flipped axes, 2.5 mm slices
+    sc = synthetic.make_synthetic_ct(size=(120, 128, 14), spacing=(0.8, 0.75, 2.5), seed=99, scale=0.25,
+                                     direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    res = inference.segment(sc.image, loaded, inference.SegmentOptions(window=(16, 48, 48), device="cpu"))
+    lab = res.labelmap
+    assert lab.GetSize() == sc.image.GetSize()
+    assert np.allclose(lab.GetSpacing(), sc.image.GetSpacing()) and np.allclose(lab.GetOrigin(), sc.image.GetOrigin())
+    assert np.allclose(lab.GetDirection(), sc.image.GetDirection())
+    arr = sitk.GetArrayFromImage(lab)
+    ref = sitk.GetArrayFromImage(sc.label)
+    inter = np.count_nonzero((arr >= 1) & (ref >= 1))
+    assert 2 * inter / (np.count_nonzero(arr >= 1) + np.count_nonzero(ref >= 1)) > 0.3
+
+
+def test_resume_is_identical(cache_dir, tmp_path):
+    """2 epochs straight == 1 epoch + resume for 1 (model with a codebook: RNG state matters)."""
+    from safetensors.torch import load_file
+
+    cfg = tiny_cfg(model="mce_cb", epochs=2, patch_size=[8, 32, 32], val_max_cases=1)
+    train(cfg, cache_dir, tmp_path / "a", log=QUIET)
+    train(cfg.with_updates({"epochs": 1}), cache_dir, tmp_path / "b", log=QUIET)
+    state1 = json.loads((tmp_path / "b" / "last.optim.json").read_text())
+    assert state1["epoch"] == 1
+    train(cfg, cache_dir, tmp_path / "b", resume=tmp_path / "b" / "last.safetensors", log=QUIET)
+    a = load_file(str(tmp_path / "a" / "last.safetensors"))
+    b = load_file(str(tmp_path / "b" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    oa = load_file(str(tmp_path / "a" / "last.optim.safetensors"))
+    ob = load_file(str(tmp_path / "b" / "last.optim.safetensors"))
+    for k in oa:
+        if k.startswith("state/"):
+            assert torch.equal(oa[k], ob[k]), k
+    la = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    lb = list(csv.DictReader(open(tmp_path / "b" / "log.csv")))
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert [r["perplexity"] for r in la] == [r["perplexity"] for r in lb] and la[0]["perplexity"] != ""
+
+
+def test_train_cli_resume_and_set(cache_dir, tmp_path):
+    """train.py's main(): --set overrides, then --resume continues the run's own config."""
+    import train as train_script
+
+    base = ["--config", str(SMOKE_CONFIG), "--cache", str(cache_dir), "--out", str(tmp_path / "r"),
+            "--model", "baseline", "--no-progress"]
+    assert train_script.main(base + ["--epochs", "1", "--set", "model_overrides.features=[4,8]"]) == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["model_overrides"]["features"] == [4, 8] and cfg["epochs"] == 1 and cfg["model"] == "baseline"
+    assert train_script.main(["--cache", str(cache_dir), "--out", str(tmp_path / "r"),
+                              "--resume", str(tmp_path / "r" / "last.safetensors"), "--epochs", "2", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert json.loads((tmp_path / "r" / "last.json").read_text())["model_config"]["features"] == [4, 8]
+    assert train_script.main(base + ["--set", "no_such_field=1"]) == 2  # a one-line error, no traceback
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(cache_dir, tmp_path):
+    """torchrun --nproc_per_node 2 on CPU (gloo): both ranks train, rank 0 writes once."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LTS_DIST_BACKEND": "gloo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(REPO / "training" / "train.py"), "--config", str(SMOKE_CONFIG), "--cache", str(cache_dir),
+           "--out", str(out), "--model", "mce_cb", "--epochs", "2", "--device", "cpu", "--no-progress"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    assert p.stdout.count("epoch 2/2") == 1  # only rank 0 logs
+    weights_files = sorted(x.name for x in out.glob("*.safetensors"))
+    assert weights_files == ["best.safetensors", "last.optim.safetensors", "last.safetensors"]
+    meta = json.loads((out / "last.json").read_text())
+    assert meta["training"]["world_size"] == 2
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert len(rows) == 2 and int(rows[0]["iters"]) == 4  # 2 ranks x 2 samples each
+
+    from LiverTumorSegLib import weights
+
+    weights.load_model(out / "last.safetensors")
+
+
+def _free_port() -> int:
+    from ltstrain.ddp import free_port
+
+    return free_port()
