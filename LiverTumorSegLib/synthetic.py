@@ -161,10 +161,10 @@ class _Anatomy:
         s = float(scale)
         self.s = s
         u = rng.uniform
-        # body: elliptic cylinder, flatter posteriorly (patient supine)
+        # body: elliptic cylinder, deeper posteriorly (spine and back muscles)
         self.body_ax = 165 * s * u(0.9, 1.1)
         self.body_ay_ant = 115 * s * u(0.9, 1.1)
-        self.body_ay_post = 0.85 * self.body_ay_ant
+        self.body_ay_post = 1.35 * self.body_ay_ant  # the back: spine, kidneys and back muscles lie inside
         self.body_wobble = (u(0.0, 0.04), u(60, 140) * s, u(0, 2 * math.pi))
         self.fat = 22 * s * u(0.6, 1.5)
         self.wall = 11 * s * u(0.8, 1.2)
