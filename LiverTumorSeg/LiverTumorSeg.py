@@ -3,7 +3,8 @@
 The network runs out of process (``PythonSlicer -m LiverTumorSegLib segment``), so a crash or an
 out-of-memory kill cannot take Slicer down and a run can be cancelled. Everything that touches
 MRML lives in the Qt-free ``LiverTumorSegCore`` package next to this file; this file only wires
-the GUI. Nothing heavy is imported at module load: torch and the library are used only by the
+the GUI. Nothing heavy is imported at module load: of the library only its light modules
+(segment terminology, errors) are loaded; torch and the network code are used only by the
 child process (and by the self-test).
 """
 import importlib.util
@@ -39,28 +40,13 @@ except ImportError:  # Slicer < 5.4 (or outside Slicer): no translation
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-
-def _ensureLibraryImportable():
-    """In an extension build the library is packaged next to this file. When the module is
-    loaded from the source tree (``--additional-module-paths <repo>/LiverTumorSeg``) the library
-    is ``<repo>/LiverTumorSegLib``: add the repository root to ``sys.path`` (without importing
-    the library, which would load torch)."""
-    try:
-        found = importlib.util.find_spec("LiverTumorSegLib") is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:
-        return
-    root = os.path.dirname(MODULE_DIR)
-    if os.path.isfile(os.path.join(root, "LiverTumorSegLib", "__init__.py")) and root not in sys.path:
-        sys.path.append(root)
-
-
-_ensureLibraryImportable()
 if MODULE_DIR not in sys.path:  # LiverTumorSegCore (Slicer adds the module folder; scripts may not)
     sys.path.insert(0, MODULE_DIR)
 
-from LiverTumorSegCore.errors import (  # noqa: E402  (light: no torch, no Qt)
+# Importing LiverTumorSegCore makes the library importable (packaged next to this file in an
+# extension build, <repo>/LiverTumorSegLib in the source tree) and loads only its light modules
+# (terminology, errors): no torch, no Qt.
+from LiverTumorSegCore.errors import (  # noqa: E402
     DependencyError,
     ModelError,
     ModuleError,

@@ -1,7 +1,9 @@
 """Segment names, colours and standard terminology codes, shared by every writer.
 
-The ``.seg.nrrd`` writer (``image_io``), the Slicer module and the reports all take the
-segment metadata from here, so a segmentation looks the same wherever it was made.
+The ``.seg.nrrd`` writer (``image_io``), the Slicer module (``LiverTumorSegCore``) and the
+reports all take the segment metadata from here, so a segmentation looks the same wherever it
+was made. The Slicer module imports this module inside Slicer's own process: keep it to the
+standard library (no torch, numpy or SimpleITK).
 
 Codes are those 3D Slicer's "General Anatomy" terminology (and TotalSegmentator) use:
 
@@ -147,3 +149,31 @@ def label_for_segment(segment: dict) -> Optional[int]:
     if "liver" in name or "hepar" in name:
         return LIVER.label
     return None
+
+
+def parse_terminology_string(entry: str) -> dict:
+    """Split a ``TerminologyEntry`` tag (as :attr:`SegmentInfo.terminology_string` writes it and
+    3D Slicer stores it on a segment) into its seven fields.
+
+    Keys: ``context``, ``category``, ``type``, ``type_modifier``, ``anatomic_context``, ``region``,
+    ``region_modifier``; codes become (scheme, value, meaning) tuples, empty codes None.
+    """
+    parts = entry.split("~")
+    if len(parts) != 7:
+        raise ValueError(f"a terminology entry has 7 fields separated by '~', got {len(parts)}: {entry!r}")
+
+    def code(text: str) -> Optional[tuple[str, str, str]]:
+        fields = text.split("^")
+        if len(fields) != 3 or not any(fields):
+            return None
+        return (fields[0], fields[1], fields[2])
+
+    return {
+        "context": parts[0],
+        "category": code(parts[1]),
+        "type": code(parts[2]),
+        "type_modifier": code(parts[3]),
+        "anatomic_context": parts[4],
+        "region": code(parts[5]),
+        "region_modifier": code(parts[6]),
+    }

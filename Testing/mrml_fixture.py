@@ -27,7 +27,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "LiverTumorSeg"
 if str(MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(MODULE_DIR))  # LiverTumorSegCore, as in Slicer (the module folder is on sys.path)
+    # LiverTumorSegCore, as in Slicer (the module folder is on sys.path); importing it makes the
+    # library (LiverTumorSegLib, whose terminology and errors it uses) importable from the source tree.
+    sys.path.insert(0, str(MODULE_DIR))
 
 # A flipped (det < 0 per axis pair) and oblique (20 degrees about S) IJK-to-RAS matrix with
 # anisotropic spacing: catches every axis-order, LPS/RAS and direction mistake.

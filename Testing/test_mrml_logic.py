@@ -46,15 +46,17 @@ def _job(volume, tmp_path, mode="ok", **kw):
 
 def _check_segmentation(mrml, seg_node, volume, labels, study=None):
     from LiverTumorSegCore import mrml as core
-    from LiverTumorSegCore.terminology import LIVER_SEGMENT, TUMOR_SEGMENT, parse_terminology_entry
+    from LiverTumorSegLib.terminology import LIVER, LIVER_TUMOR, parse_terminology_string
 
     segmentation = seg_node.GetSegmentation()
     assert core.segment_ids(seg_node) == ["liver", "liver_tumor"]
     liver, tumour = segmentation.GetSegment("liver"), segmentation.GetSegment("liver_tumor")
     assert (liver.GetName(), tumour.GetName()) == ("Liver", "Liver tumor")
-    assert np.allclose(liver.GetColor(), LIVER_SEGMENT.color) and np.allclose(tumour.GetColor(), TUMOR_SEGMENT.color)
-    t_liver = parse_terminology_entry(core.segment_terminology(liver))
-    t_tumour = parse_terminology_entry(core.segment_terminology(tumour))
+    assert np.allclose(liver.GetColor(), LIVER.color) and np.allclose(tumour.GetColor(), LIVER_TUMOR.color)
+    assert core.segment_terminology(liver) == LIVER.terminology_string
+    assert core.segment_terminology(tumour) == LIVER_TUMOR.terminology_string
+    t_liver = parse_terminology_string(core.segment_terminology(liver))
+    t_tumour = parse_terminology_string(core.segment_terminology(tumour))
     assert t_liver["category"] == ("SCT", "123037004", "Anatomical Structure")
     assert t_liver["type"] == ("SCT", "10200004", "Liver")
     assert t_tumour["category"] == ("SCT", "49755003", "Morphologically Altered Structure")

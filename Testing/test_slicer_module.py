@@ -258,15 +258,20 @@ def _module_ast():
 
 
 HEAVY = {"torch", "monai", "LiverTumorSegLib", "SimpleITK", "scipy", "safetensors", "qt", "ctk"}
+#: The library modules the Slicer process may load: standard library only (segment terminology,
+#: errors; the package ``__init__`` adds ``progress``). Everything else of the library needs torch.
+LIGHT_LIBRARY = {"LiverTumorSegLib", "LiverTumorSegLib.errors", "LiverTumorSegLib.progress",
+                 "LiverTumorSegLib.terminology"}
 
 
-def _top_level_imports(tree):
+def _top_level_imports(tree, allowed=frozenset()):
+    """Top-level package names a module imports at load, except imports of modules in ``allowed``."""
     names = set()
     for node in tree.body:
         for sub in ast.walk(node) if isinstance(node, (ast.Try, ast.If)) else [node]:
             if isinstance(sub, ast.Import):
-                names |= {a.name.split(".")[0] for a in sub.names}
-            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                names |= {a.name.split(".")[0] for a in sub.names if a.name not in allowed}
+            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0 and sub.module not in allowed:
                 names.add(sub.module.split(".")[0])
     return names
 
@@ -282,18 +287,69 @@ def test_module_has_four_classes_and_light_imports():
     assert not heavy, f"imported at module load: {heavy}"
 
 
-def test_core_is_qt_free_and_light():
+def _loaded(code: str, cwd, *args) -> list:
+    """Run ``code`` in a fresh Python (cwd ``cwd``); it prints a JSON value as its last line."""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                         timeout=120, cwd=str(cwd))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_REPORT_LOADED = ("import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+                  "('torch', 'monai', 'SimpleITK', 'scipy', 'safetensors', 'qt', 'ctk', 'slicer', 'vtk', "
+                  "'LiverTumorSegLib'))))")
+
+
+def test_core_is_qt_free_and_light(tmp_path):
     core = MODULE_DIR / "LiverTumorSegCore"
     for path in core.glob("*.py"):
-        heavy = _top_level_imports(ast.parse(path.read_text())) & (HEAVY | {"slicer", "vtk"})
+        heavy = _top_level_imports(ast.parse(path.read_text()), LIGHT_LIBRARY) & (HEAVY | {"slicer", "vtk"})
         assert not heavy, f"{path.name} imports {heavy} at load"
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "import LiverTumorSegCore, LiverTumorSegCore.job, LiverTumorSegCore.mrml, LiverTumorSegCore.batch, "
-            "LiverTumorSegCore.models, LiverTumorSegCore.deps, LiverTumorSegCore.runner; "
-            "print(sorted(m for m in ('torch', 'LiverTumorSegLib', 'qt', 'slicer', 'vtk') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]", out.stdout
+            "LiverTumorSegCore.models, LiverTumorSegCore.deps, LiverTumorSegCore.runner; " + _REPORT_LOADED)
+    loaded = _loaded(code, tmp_path, MODULE_DIR)
+    assert "LiverTumorSegLib.terminology" in loaded
+    assert set(loaded) <= LIGHT_LIBRARY, f"importing the core loads {sorted(set(loaded) - LIGHT_LIBRARY)}"
+
+
+# Hide every copy of the library the interpreter could find (editable-install finder, a folder on
+# sys.path such as the repository root or site-packages), as in Slicer running the source tree.
+_HIDE_LIBRARY = (
+    "import importlib.util, os, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in (getattr(f, '__module__', '') or '')]; "
+    "sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.curdir, 'LiverTumorSegLib'))]; "
+    "assert importlib.util.find_spec('LiverTumorSegLib') is None, 'library still importable'; "
+)
+
+
+@pytest.mark.parametrize("entry", ["core", "batch_script"])
+def test_core_finds_the_library_in_the_source_tree(entry, tmp_path):
+    """Loaded from the source tree with the library not installed, the core (and so the module
+    and Scripts/batch_segment.py) finds ``<repo>/LiverTumorSegLib`` by itself."""
+    if entry == "core":
+        setup = "sys.path.insert(0, sys.argv[1]); "
+        arg = MODULE_DIR
+    else:
+        setup = "import runpy; runpy.run_path(sys.argv[1], run_name='batch_segment')['_setup_paths'](); "
+        arg = MODULE_DIR / "Scripts" / "batch_segment.py"
+    code = (_HIDE_LIBRARY + setup + "import LiverTumorSegCore.mrml, LiverTumorSegCore.job, LiverTumorSegLib; "
+            "print(__import__('json').dumps([LiverTumorSegLib.__file__, 'torch' in sys.modules]))")
+    where, torch_loaded = _loaded(code, tmp_path, arg)
+    assert Path(where).resolve() == (LIB_DIR / "__init__.py").resolve()
+    assert not torch_loaded
+
+
+def test_importing_the_module_file_loads_no_torch(tmp_path):
+    """LiverTumorSeg.py, imported as Slicer does (slicer-core plus the test stand-ins for the Qt
+    pieces), loads only the light library modules."""
+    pytest.importorskip("slicer")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pytest, mrml_fixture; "
+            "mrml_fixture.import_module_file(pytest.MonkeyPatch()); " + _REPORT_LOADED)
+    loaded = _loaded(code, tmp_path, Path(__file__).resolve().parent)
+    library = {m for m in loaded if m.startswith("LiverTumorSegLib")}
+    assert "LiverTumorSegLib.errors" in library and library <= LIGHT_LIBRARY, loaded
+    assert not {"torch", "monai", "SimpleITK", "scipy", "qt", "ctk"} & set(loaded), loaded
 
 
 def test_user_strings_go_through_translation():
@@ -350,35 +406,46 @@ def test_requirements_never_touch_bundled_packages():
     assert deps.split_protected(["numpy>=2", "monai", "SimpleITK"]) == (["monai"], ["numpy>=2", "SimpleITK"])
 
 
-def test_terminology_constants():
-    from LiverTumorSegCore.terminology import LIVER_SEGMENT, TUMOR_SEGMENT, parse_terminology_entry
+def test_terminology_comes_from_the_library():
+    """The module names, colours and tags its segments with the library's definitions (one
+    source of truth: ``LiverTumorSegLib.terminology``, as the library's .seg.nrrd writer)."""
+    import inspect
 
-    liver = parse_terminology_entry(LIVER_SEGMENT.terminology_entry())
-    tumour = parse_terminology_entry(TUMOR_SEGMENT.terminology_entry())
+    from LiverTumorSegCore import mrml
+    from LiverTumorSegLib import terminology
+
+    default = inspect.signature(mrml.import_labels_into_segmentation).parameters["definitions"].default
+    assert default is terminology.SEGMENTS
+    assert not (MODULE_DIR / "LiverTumorSegCore" / "terminology.py").exists()
+
+
+def test_terminology_entry_tags():
+    from LiverTumorSegLib.terminology import LIVER, LIVER_TUMOR, parse_terminology_string
+
+    liver = parse_terminology_string(LIVER.terminology_string)
+    tumour = parse_terminology_string(LIVER_TUMOR.terminology_string)
     assert liver["category"][1] == "123037004" and liver["type"][1] == "10200004" and liver["region"] is None
     assert tumour["category"][1] == "49755003" and tumour["type"][1] == "108369006"
     assert tumour["region"] == ("SCT", "10200004", "Liver")
-    assert LIVER_SEGMENT.terminology_entry().count("~") == 6
+    assert tumour["type_modifier"] is None and tumour["region_modifier"] is None
+    assert "3D Slicer General Anatomy" in liver["context"] and liver["anatomic_context"]
+    assert LIVER.terminology_string.count("~") == 6
+    with pytest.raises(ValueError):
+        parse_terminology_string("only~three~fields")
 
 
-def test_terminology_agrees_with_the_library_when_present():
-    """LiverTumorSegLib.terminology (used by the library's .seg.nrrd writer) and the module's own
-    constants must describe the segments identically: same IDs, names, label values, colours
-    and TerminologyEntry strings, so a .seg.nrrd looks the same whoever wrote it."""
-    if not (LIB_DIR / "terminology.py").is_file():
-        pytest.skip("LiverTumorSegLib/terminology.py not written yet")
-    import importlib
+def test_module_errors_build_on_the_library_errors():
+    from LiverTumorSegCore import errors
+    from LiverTumorSegLib import errors as lib
 
-    from LiverTumorSegCore.terminology import SEGMENTS
-
-    lib = importlib.import_module("LiverTumorSegLib.terminology")
-    lib_segments = list(lib.SEGMENTS)
-    assert len(lib_segments) == len(SEGMENTS)
-    for mine, theirs in zip(SEGMENTS, lib_segments):
-        assert mine.segment_id == theirs.id and mine.name == theirs.name
-        assert mine.labels == (theirs.label,)
-        assert all(abs(a - b) < 1e-5 for a, b in zip(mine.color, theirs.color))
-        assert mine.terminology_entry() == theirs.terminology_string
+    assert issubclass(errors.ModuleError, lib.LiverTumorSegError)
+    for mine, theirs in ((errors.InputVolumeError, lib.InputError), (errors.OutputSegmentationError, lib.OutputError),
+                         (errors.SegmentationExistsError, lib.OutputError), (errors.ModelError, lib.WeightsError),
+                         (errors.RunCancelled, lib.Cancelled)):
+        assert issubclass(mine, errors.ModuleError) and issubclass(mine, theirs), mine
+    exc = errors.RunError("the run\n   failed")
+    assert str(exc) == "the run failed" and exc.exit_code == 2
+    assert errors.RunCancelled("stop").exit_code == 130
 
 
 # ------------------------------------------------------------------------------------------ runner

@@ -4,11 +4,42 @@ Everything the module does apart from drawing widgets lives here and runs on a p
 (3D Slicer, or the ``slicer-core`` wheel in tests): input checks, writing the input for the
 out-of-process run (:mod:`.runner`, :mod:`.job`), importing the label map into a segmentation
 node with terminology and reporting (:mod:`.mrml`), the models folder (:mod:`.models`) and the
-dependency checks (:mod:`.deps`). Importing this package imports neither torch nor the library.
+dependency checks (:mod:`.deps`).
+
+Segment names, label values, colours and terminology codes come from the library
+(``LiverTumorSegLib.terminology``) and the errors build on ``LiverTumorSegLib.errors``. Importing
+this package loads only those light library modules (standard library only), never torch: the
+network runs in a child process.
 """
 from __future__ import annotations
 
-from .errors import (  # noqa: F401
+import importlib.util
+import os
+import sys
+
+
+def ensure_library_importable() -> None:
+    """Make ``import LiverTumorSegLib`` work, without importing it.
+
+    In an extension build the library is packaged next to ``LiverTumorSeg.py`` (the module
+    folder, already on ``sys.path``); with the editable install it is found anyway. When the
+    module runs from the source tree the library is ``<repo>/LiverTumorSegLib``: the repository
+    root is appended to ``sys.path``. Every entry point (the module, ``Scripts/batch_segment.py``,
+    the tests) gets this by importing this package.
+    """
+    try:
+        if importlib.util.find_spec("LiverTumorSegLib") is not None:
+            return
+    except (ImportError, ValueError):
+        pass
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isfile(os.path.join(repo_root, "LiverTumorSegLib", "__init__.py")) and repo_root not in sys.path:
+        sys.path.append(repo_root)
+
+
+ensure_library_importable()
+
+from .errors import (  # noqa: E402,F401
     DependencyError,
     InputVolumeError,
     ModelError,
@@ -19,4 +50,3 @@ from .errors import (  # noqa: F401
     RunError,
     SegmentationExistsError,
 )
-from .terminology import LIVER_SEGMENT, SEGMENTS, TUMOR_SEGMENT  # noqa: F401

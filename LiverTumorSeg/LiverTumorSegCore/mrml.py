@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from LiverTumorSegLib.terminology import SEGMENTS, SegmentInfo  # the library's (no torch)
 
 from .errors import InputVolumeError, OutputSegmentationError, RoiError, RunError, SegmentationExistsError
-from .terminology import SEGMENTS, SegmentDefinition
 
 REPORT_ATTRIBUTE = "LiverTumorSeg.Report"  # the full JSON report, kept on the table node
 SOURCE_ATTRIBUTE = "LiverTumorSeg.SourceVolumeID"
@@ -314,11 +314,11 @@ def _set_source_representation(segmentation) -> None:
         segmentation.SetMasterRepresentationName(rep)
 
 
-def _tag_segment(segment, definition: SegmentDefinition) -> None:
+def _tag_segment(segment, definition: SegmentInfo) -> None:
     slicer = _slicer()
     segment.SetName(definition.name)
     segment.SetColor(*definition.color)
-    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), definition.terminology_entry())
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), definition.terminology_string)
 
 
 def segment_tag(segment, name: str) -> Optional[str]:
@@ -331,13 +331,15 @@ def segment_tag(segment, name: str) -> Optional[str]:
 
 
 def segment_terminology(segment) -> Optional[str]:
+    """The segment's ``TerminologyEntry`` tag (``LiverTumorSegLib.terminology.parse_terminology_string``
+    splits it), None when it has none."""
     return segment_tag(segment, _slicer().vtkSegment.GetTerminologyEntryTagName())
 
 
 def import_labels_into_segmentation(volume_node, labels: np.ndarray, segmentation_node=None,
                                     replace_existing: bool = False, name: Optional[str] = None,
                                     show3d: bool = True,
-                                    definitions: Sequence[SegmentDefinition] = SEGMENTS):
+                                    definitions: Sequence[SegmentInfo] = SEGMENTS):
     """Put the label map (on ``volume_node``'s grid, (k, j, i)) into a segmentation node.
 
     Creates the node (added to the volume's scene) when ``segmentation_node`` is None; otherwise
@@ -350,9 +352,6 @@ def import_labels_into_segmentation(volume_node, labels: np.ndarray, segmentatio
     if scene is None:
         raise InputVolumeError(f"Volume '{volume_node.GetName()}' is not in a scene.")
     imported = _import_labelmap(labels, ijk_to_ras(volume_node))  # before touching the scene
-    for definition in definitions:
-        if len(definition.labels) != 1:
-            raise ValueError(f"segment {definition.name}: one label value per segment is supported")
     rep = _binary_labelmap_name()
 
     created = segmentation_node is None
@@ -378,16 +377,16 @@ def import_labels_into_segmentation(volume_node, labels: np.ndarray, segmentatio
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
             segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
             for definition in definitions:
-                value = definition.labels[0]
+                value = definition.label
                 oriented = imported.get(value)
                 if oriented is None:  # nothing of this label (e.g. no tumour found)
-                    segment_id = segmentation.AddEmptySegment(definition.segment_id, definition.name, definition.color)
+                    segment_id = segmentation.AddEmptySegment(definition.id, definition.name, definition.color)
                     segment = segmentation.GetSegment(segment_id)
                 else:
                     segment = slicer.vtkSegment()
                     segment.AddRepresentation(rep, oriented)
                     segment.SetLabelValue(value)
-                    segmentation.AddSegment(segment, definition.segment_id)
+                    segmentation.AddSegment(segment, definition.id)
                 _tag_segment(segment, definition)
             segmentation_node.SetAttribute(SOURCE_ATTRIBUTE, volume_node.GetID() or "")
         finally:

@@ -17,13 +17,12 @@ import sys
 
 
 def _setup_paths():
+    """Put the module folder (LiverTumorSegCore; in an extension build also the library) on
+    ``sys.path``; importing LiverTumorSegCore then finds the library in the source tree too."""
     here = os.path.dirname(os.path.abspath(__file__))
-    module_dir = os.path.dirname(here)  # LiverTumorSegCore (and, in an extension build, the library)
+    module_dir = os.path.dirname(here)
     if module_dir not in sys.path:
         sys.path.insert(0, module_dir)
-    repo_root = os.path.dirname(module_dir)  # source tree: <repo>/LiverTumorSegLib
-    if os.path.isfile(os.path.join(repo_root, "LiverTumorSegLib", "__init__.py")) and repo_root not in sys.path:
-        sys.path.append(repo_root)
 
 
 def parse_args(argv):
