@@ -11,7 +11,11 @@ tumour). Connected components use full (26-) connectivity in 3D. The steps, in t
    component of labels >= 1 that contains liver parenchyma (tumour-only islands, which touch no
    liver voxel, are removed).
 3. ``fill_holes``: cavities of the liver region fully enclosed in 3D are filled; the filled
-   voxels (background before) become liver (1).
+   voxels (background before) become liver (1). Then, in every slice along each array axis,
+   2D holes of at most ``max_hole_area_mm2`` are filled too: on thin volumes (a few slices) or
+   iso-dense parenchyma the network leaves speckle holes that open through the top or bottom
+   slice and so are not 3D cavities. The area cap keeps vessels such as the inferior vena
+   cava (several cm^2 where the liver wraps around it) out of the liver.
 4. ``min_tumour_volume_ml``: tumour components smaller than this volume (in mL, from the
    voxel spacing) become liver (1) when they touch the liver region, background otherwise.
    0 disables the step.
@@ -34,6 +38,7 @@ class PostprocessOptions:
     tumour_inside_liver: bool = True
     fill_holes: bool = True
     min_tumour_volume_ml: float = 0.1
+    max_hole_area_mm2: float = 150.0  # 2D holes filled per slice by fill_holes (0: 3D cavities only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +69,29 @@ def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Optional[tuple[slice, ...
             return None
         sl.append(slice(max(0, nz[0] - margin), min(mask.shape[axis], nz[-1] + 1 + margin)))
     return tuple(sl)
+
+
+def _small_holes_2d(mask: np.ndarray, spacing_zyx: Sequence[float], max_area_mm2: float) -> np.ndarray:
+    """Background pixels in 2D holes of at most ``max_area_mm2``, in slices along every axis."""
+    holes = np.zeros_like(mask)
+    for axis in range(3):
+        in_plane = [float(s) for i, s in enumerate(spacing_zyx) if i != axis]
+        max_pixels = max_area_mm2 / (in_plane[0] * in_plane[1])
+        for k in range(mask.shape[axis]):
+            sl = np.take(mask, k, axis=axis)
+            if not sl.any():
+                continue
+            cand = ndimage.binary_fill_holes(sl) & ~sl
+            if not cand.any():
+                continue
+            lab, n = ndimage.label(cand)
+            sizes = np.bincount(lab.ravel(), minlength=n + 1)
+            small = (sizes <= max_pixels)
+            small[0] = False
+            index = [slice(None)] * 3
+            index[axis] = k
+            holes[tuple(index)] |= small[lab]
+    return holes
 
 
 def postprocess_labels(
@@ -117,6 +145,8 @@ def postprocess_labels(
         if box is not None:
             sub = fg[box]
             filled = ndimage.binary_fill_holes(sub, structure=_FULL) & ~sub
+            if opts.max_hole_area_mm2 > 0:
+                filled |= _small_holes_2d(sub | filled, spacing_zyx, opts.max_hole_area_mm2)
             filled_n = int(filled.sum())
             if filled_n:
                 out[box][filled] = LIVER

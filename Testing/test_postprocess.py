@@ -81,11 +81,19 @@ def test_fill_holes_fills_enclosed_cavity_as_liver():
     assert (out[3:7, 8:11, 8:11] == 1).all()
     assert info["fill_holes"]["voxels_filled"] == 36
     assert (out[4:6, 5:8, 5:8] == 2).all()  # tumour untouched
-    # a notch open to the outside stays background
+    # a notch open to the outside is no 3D cavity: it stays background without the 2D rule ...
     b = base()
     b[3:7, 8:11, 8:12] = 0
-    out_b, _ = postprocess_labels(b, SPACING, only(fill_holes=True))
+    out_b, _ = postprocess_labels(b, SPACING, only(fill_holes=True, max_hole_area_mm2=0))
     assert (out_b[3:7, 8:11, 8:12] == 0).all()
+    # ... and with it, only if its cross-section is small: a tunnel of 4x3 voxels is filled,
+    # a wide bay (open across the whole block) is not.
+    out_t, _ = postprocess_labels(b, SPACING, only(fill_holes=True, max_hole_area_mm2=1e6))
+    assert (out_t[3:7, 8:11, 8:12] == 1).all()
+    c = base()
+    c[2:8, 8:12, 8:12] = 0  # a corner cut: open on three faces, no slice encloses it
+    out_c, _ = postprocess_labels(c, SPACING, only(fill_holes=True, max_hole_area_mm2=1e6))
+    assert (out_c[2:8, 8:12, 8:12] == 0).all()
 
 
 def test_min_tumour_volume_uses_spacing():
@@ -121,3 +129,19 @@ def test_empty_and_all_tumour_inputs():
 def test_rejects_non_3d():
     with pytest.raises(ValueError):
         postprocess_labels(np.zeros((4, 4), np.uint8), (1, 1))
+
+
+def test_small_2d_holes_through_a_thin_volume_are_filled_but_large_ones_are_not():
+    """Three slices of liver with pin holes running through every slice (not 3D cavities)."""
+    from LiverTumorSegLib.postprocess import PostprocessOptions, postprocess_labels
+
+    labels = np.zeros((3, 60, 60), np.uint8)
+    labels[:, 5:55, 5:55] = 1
+    labels[:, 10:12, 10:12] = 0  # 2x2 px = 4 mm^2 at 1 mm: a speckle hole
+    labels[:, 30:50, 30:50] = 0  # 20x20 mm = 400 mm^2: a vessel-sized hole, kept
+    out, info = postprocess_labels(labels, (2.0, 1.0, 1.0), PostprocessOptions())
+    assert (out[:, 10:12, 10:12] == 1).all()
+    assert (out[:, 30:50, 30:50] == 0).all()
+    assert info["fill_holes"]["voxels_filled"] == 3 * 4
+    off, _ = postprocess_labels(labels, (2.0, 1.0, 1.0), PostprocessOptions(max_hole_area_mm2=0))
+    assert (off[:, 10:12, 10:12] == 0).all()
