@@ -3,6 +3,10 @@
 Normalisation is InstanceNorm3d (affine) and the activation LeakyReLU(0.01): the paper trains
 with batch size 1, where BatchNorm statistics are unreliable. Convolutions followed by a norm
 carry no bias (the norm's shift makes it redundant).
+
+Inference on the CPU (float32, autograd off) takes the fast path of :mod:`.fastops` (same
+parameters and results, channels-last activations, in-place norms); training runs the
+modules as declared.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import fastops
 
 
 class ConvNormAct(nn.Sequential):
@@ -30,6 +36,12 @@ class ConvNormAct(nn.Sequential):
             nn.InstanceNorm3d(out_channels, affine=True),
             nn.LeakyReLU(negative_slope, inplace=True),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm, act = self[0], self[1], self[2]
+        if fastops.active(x) and fastops.supports_conv(conv) and fastops.supports_norm(norm):
+            return fastops.conv_norm_act(x, conv, norm, act.negative_slope)
+        return super().forward(x)
 
 
 class DoubleConv(nn.Sequential):
@@ -52,6 +64,10 @@ class MultiScaleContext(nn.Module):
 
     The branches (``branch_channels`` wide each, default ``out_channels // 2``) are concatenated
     on channels and fused by a 1x1x1 ConvNormAct to ``out_channels``.
+
+    Note: branch 3 is constant over space, so it adds a per-channel constant to the fusing
+    conv's output, which the fusing InstanceNorm subtracts again: it changes neither the
+    output nor (hence) any gradient. It is kept so that trained weights keep loading.
     """
 
     def __init__(
@@ -79,8 +95,24 @@ class MultiScaleContext(nn.Module):
         self.fuse = ConvNormAct(3 * b, out_channels, 1, negative_slope=negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fastops.active(x) and fastops.supports_norm(self.fuse[1]):
+            return self._forward_fast(x)
         ctx = self.context(x).expand(-1, -1, *x.shape[2:])
         return self.fuse(torch.cat([self.local(x), self.dilated(x), ctx], dim=1))
+
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without the concatenation: the fusing 1x1x1 conv is
+        ``W_local local + W_dilated dilated + W_context ctx``. ``ctx`` is constant over space,
+        so its term is a per-(sample, channel) constant, which the fusing InstanceNorm removes
+        exactly (it subtracts the per-channel mean): the global branch does not change the
+        output, and is skipped here (Testing/test_fastops.py checks the identity)."""
+        local, dilated = self.local(x), self.dilated(x)
+        conv, norm, act = self.fuse[0], self.fuse[1], self.fuse[2]
+        w = conv.weight.flatten(1)  # (C_out, 3b)
+        b = local.shape[1]
+        y = fastops.pointwise_pair(local, dilated, w[:, :b], w[:, b:2 * b])  # conv.bias: cancelled too
+        return fastops.instance_norm_act(y, norm.weight, norm.bias, norm.eps, act.negative_slope,
+                                         fastops.is_channels_last(x))
 
 
 class EncoderBlock(nn.Sequential):
@@ -131,4 +163,14 @@ class DecoderBlock(nn.Module):
         up = self.up(x)
         if up.shape[2:] != skip.shape[2:]:
             up = center_crop_or_pad(up, skip.shape[2:])
+        if fastops.active(x) and self._fast_ok:
+            # conv(cat([skip, up])) as conv_skip(skip) + conv_up(up): no concatenated tensor
+            first = self.conv[0]
+            y = fastops.conv_pair_norm_act(skip, up, first[0], first[1], first[2].negative_slope)
+            return self.conv[1](y)
         return self.conv(torch.cat([skip, up], dim=1))
+
+    @property
+    def _fast_ok(self) -> bool:
+        first = self.conv[0]
+        return fastops.supports_conv(first[0]) and fastops.supports_norm(first[1])
