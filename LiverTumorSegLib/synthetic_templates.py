@@ -75,6 +75,7 @@ GROUPS: dict[str, tuple[int, ...]] = {
 }
 
 TUMOUR_KINDS = ("hypodense", "hyperdense", "rim_enhancing", "necrotic")
+BUNDLED_TEMPLATES = Path(__file__).resolve().parent / "resources" / "templates"
 
 
 @dataclass
@@ -84,6 +85,12 @@ class Template:
     ct: sitk.Image
     labels: sitk.Image
     name: str = ""
+
+    @classmethod
+    def bundled(cls, name: str = "totalseg_example_ct_sm") -> "Template":
+        """A template shipped with the package (resources/templates/NAME)."""
+        folder = BUNDLED_TEMPLATES / name
+        return cls.load(folder / "ct.nii.gz", folder / "totalseg_multilabel.nii.gz")
 
     @classmethod
     def load(cls, ct_path: str | Path, labels_path: str | Path) -> "Template":

@@ -9,12 +9,9 @@ import SimpleITK as sitk
 
 from LiverTumorSegLib.synthetic_templates import HU_RANGES, Template, make_template_case
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "training" / "templates" / "totalseg_example_ct_sm"
-
-
 @pytest.fixture(scope="module")
 def template() -> Template:
-    return Template.load(TEMPLATE_DIR / "ct.nii.gz", TEMPLATE_DIR / "totalseg_multilabel.nii.gz")
+    return Template.bundled()
 
 
 def _case(template: Template, seed: int, **kw):

@@ -11,7 +11,7 @@ The output folder is a plain-pairs data set: ``training/prepare.py OUT --out CAC
 Deterministic for ``--seed``. Example (the default model's data):
 
     python training/generate_training_data.py --out data/synthetic-default \
-        --templates training/templates/totalseg_example_ct_sm --n-template 48 --n-procedural 24
+        --templates LiverTumorSegLib/resources/templates/totalseg_example_ct_sm --n-template 48 --n-procedural 24
 """
 from __future__ import annotations
 

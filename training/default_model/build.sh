@@ -11,7 +11,7 @@ WORK=${1:-build/default-model}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$WORK"
 $PY training/generate_training_data.py --out "$WORK/data" \
-    --templates training/templates/totalseg_example_ct_sm --n-template 44 --n-procedural 12 --seed 1
+    --templates LiverTumorSegLib/resources/templates/totalseg_example_ct_sm --n-template 44 --n-procedural 12 --seed 1
 $PY training/prepare.py "$WORK/data" --out "$WORK/cache" \
     --preprocessing training/default_model/preprocessing.json --ratios 0.9 0.1 0.0 \
     --dataset-name synthetic-template-v1

@@ -61,8 +61,7 @@ def _score(pred: sitk.Image, ref: sitk.Image) -> dict:
 def evaluate(loaded, real_data: Path | None, n_synthetic: int) -> dict:
     options = SegmentOptions()
     out: dict = {"synthetic": [], "real": []}
-    template = Template.load(REPO / "training/templates/totalseg_example_ct_sm/ct.nii.gz",
-                             REPO / "training/templates/totalseg_example_ct_sm/totalseg_multilabel.nii.gz")
+    template = Template.bundled()
     for i in range(n_synthetic):
         seed = HELD_OUT_SEED + i
         if i % 2 == 0:
