@@ -234,7 +234,7 @@ def _sliding_window(x: torch.Tensor, model: torch.nn.Module, options: SegmentOpt
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _argmax3(p1: np.ndarray, p2: np.ndarray) -> np.ndarray:
+def argmax_labels(p1: np.ndarray, p2: np.ndarray) -> np.ndarray:
     """argmax over (1 - p1 - p2, p1, p2) without building the background channel."""
     p0 = 1.0 - p1 - p2
     lab = np.zeros(p1.shape, dtype=np.uint8)
@@ -299,7 +299,7 @@ def restore_labels(p1: np.ndarray, p2: np.ndarray, prepared, crop: bool = True) 
     out = np.zeros(source.shape_zyx, dtype=np.uint8)
     if not crop:
         back = probabilities_to_input_grid(np.stack([p1, p2]), prepared)
-        return _argmax3(back[0], back[1])
+        return argmax_labels(back[0], back[1])
     box = _bbox((p1 + p2) > 0.5, (2, 2, 2))
     if box is None:
         return out
@@ -321,7 +321,7 @@ def restore_labels(p1: np.ndarray, p2: np.ndarray, prepared, crop: bool = True) 
     sub_src = _sub_geometry(source, in_start, in_shape)
     sl = tuple(slice(a, a + n) for a, n in zip(in_start, in_shape))
     back = probabilities_to_input_grid(np.stack([p1[box], p2[box]]), _Grids(sub_net, sub_src))
-    out[sl] = _argmax3(back[0], back[1])
+    out[sl] = argmax_labels(back[0], back[1])
     return out
 
 
@@ -418,7 +418,7 @@ def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, 
     probabilities = None
     if opts.return_probabilities:
         back = probabilities_to_input_grid(np.stack([p1, p2]), prepared)
-        labels = _argmax3(back[0], back[1])
+        labels = argmax_labels(back[0], back[1])
         probabilities = np.stack([np.clip(1.0 - back[0] - back[1], 0.0, 1.0), back[0], back[1]]).astype(np.float32)
         del back
     else:

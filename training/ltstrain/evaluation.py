@@ -8,7 +8,6 @@ same on the input grid for files.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,12 +20,6 @@ REGIONS = ("liver", "tumor")
 METRICS = ("dice", "voe", "rvd", "asd", "hd95")
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def predict_labels(
     model: torch.nn.Module,
@@ -37,26 +30,28 @@ def predict_labels(
     amp: bool = False,
     sw_batch_size: int = 1,
     return_probs: bool = False,
+    spacing_zyx: Optional[Sequence[float]] = None,
 ):
-    """Label map (uint8, same shape as ``image``) of one (D, H, W) network-grid volume."""
-    from monai.inferers import sliding_window_inference
+    """Label map (uint8, same shape as ``image``) of one (D, H, W) network-grid volume.
 
-    device = torch.device(device)
-    x = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))[None, None].to(device)
-    roi = tuple(int(min(w, s)) for w, s in zip(window, image.shape))
+    Predicts exactly as the application does (``inference.predict_network_grid``: Gaussian
+    blending of the softmax, body crop when the spacing is known), so validation scores the
+    model that users will run.
+    """
+    from LiverTumorSegLib.inference import SegmentOptions, argmax_labels, predict_network_grid
+
+    opts = SegmentOptions(window=tuple(int(w) for w in window), overlap=overlap, sw_batch_size=sw_batch_size,
+                          amp=amp, crop_to_body=spacing_zyx is not None)
     was_training = model.training
     model.eval()
     try:
-        with _autocast(device, amp):
-            logits = sliding_window_inference(
-                x, roi, sw_batch_size, lambda t: model(t), overlap=overlap, mode="gaussian"
-            )
+        p1, p2, _ = predict_network_grid(model, np.asarray(image, dtype=np.float32), spacing_zyx or (1.0, 1.0, 1.0),
+                                         opts, device=torch.device(device))
     finally:
         model.train(was_training)
-    logits = logits.float()
-    labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    labels = argmax_labels(p1, p2)
     if return_probs:
-        return labels, torch.softmax(logits, 1)[0].cpu().numpy()
+        return labels, np.stack([np.clip(1.0 - p1 - p2, 0.0, 1.0), p1, p2])
     return labels
 
 
@@ -85,7 +80,7 @@ def validate(
     per_case = {}
     t0 = time.perf_counter()
     for case in cases:
-        pred = predict_labels(model, case.image(), window, overlap, device, amp)
+        pred = predict_labels(model, case.image(), window, overlap, device, amp, spacing_zyx=case.spacing_zyx)
         per_case[case.case_id] = quick_dice(pred, np.asarray(case.label()))
     liver = float(np.mean([v["liver"] for v in per_case.values()])) if per_case else float("nan")
     tumor = float(np.mean([v["tumor"] for v in per_case.values()])) if per_case else float("nan")
@@ -115,7 +110,7 @@ def evaluate_cases(
     out: dict[str, Any] = {"cases": {}, "tumours": []}
     for case in cases:
         t0 = time.perf_counter()
-        pred = predict_labels(model, case.image(), window, overlap, device, amp)
+        pred = predict_labels(model, case.image(), window, overlap, device, amp, spacing_zyx=case.spacing_zyx)
         ref = np.asarray(case.label())
         res = metrics.evaluate_case(pred, ref, case.spacing_zyx)
         out["cases"][case.case_id] = res
