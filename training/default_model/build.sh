@@ -16,4 +16,7 @@ $PY training/prepare.py "$WORK/data" --out "$WORK/cache" \
     --preprocessing training/default_model/preprocessing.json --ratios 0.9 0.1 0.0 \
     --dataset-name synthetic-template-v1
 $PY training/train.py --config training/default_model/train.json --cache "$WORK/cache" --out "$WORK/run"
+# The bundled weights had 12 more epochs (a cosine warm restart), as recorded in the model card:
+$PY training/train.py --config training/default_model/train.json --cache "$WORK/cache" --out "$WORK/run" \
+    --resume "$WORK/run/last.safetensors" --epochs 36
 $PY training/default_model/finalize.py --run "$WORK/run" --work "$WORK"
