@@ -141,22 +141,6 @@ class Geometry:
         return sitk.Resample(image, list(self.size), sitk.Transform(), interpolator, self.origin, self.spacing,
                              self.direction, float(default_value), pixel_type)
 
-    def same_as(self, other, atol: float = 1e-4) -> bool:
-        """Same size and (within ``atol``) spacing, origin and direction."""
-        o = other if isinstance(other, Geometry) else Geometry.from_image(other)
-        return (
-            tuple(self.size) == tuple(o.size)
-            and np.allclose(self.spacing, o.spacing, atol=atol, rtol=0)
-            and np.allclose(self.origin, o.origin, atol=atol, rtol=0)
-            and np.allclose(self.direction, o.direction, atol=atol, rtol=0)
-        )
-
-    def orientation(self) -> str:
-        """Three-letter code of the directions the index axes point to, e.g. ``"LPS"``
-        (identity), ``"RAS"`` (x and y flipped); for oblique grids the nearest axes."""
-        return orientation_code(self.direction)
-
-
 def geometry_of(obj) -> Geometry:
     """Geometry of a Geometry, an sitk.Image, or anything with a ``.grid`` image / ``.source``."""
     if isinstance(obj, Geometry):
@@ -278,7 +262,3 @@ def reorient_to_lps_identity(array_zyx: np.ndarray, geometry: Geometry) -> tuple
     )
     return out, geo
 
-
-def voxel_volume_ml(geometry: Geometry) -> float:
-    """Volume of one voxel in millilitres."""
-    return float(np.prod(geometry.spacing)) / 1000.0

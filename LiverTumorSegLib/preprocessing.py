@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -121,10 +121,6 @@ class PreparedImage:
     grid: sitk.Image
     source: Geometry
     config: PreprocessingConfig
-
-    @property
-    def grid_geometry(self) -> Geometry:
-        return Geometry.from_image(self.grid)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -349,8 +345,3 @@ def labels_to_input_grid(labels, prepared: PreparedImage) -> np.ndarray:
     res = source.resample(img, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(res)
 
-
-def labelmap_on_input_grid(labels_zyx: np.ndarray, prepared: Union[PreparedImage, Geometry]) -> sitk.Image:
-    """A uint8 SimpleITK label image on the input grid from a (z, y, x) array."""
-    source = prepared.source if isinstance(prepared, PreparedImage) else prepared
-    return source.image_from_array(np.asarray(labels_zyx, dtype=np.uint8))

@@ -75,9 +75,12 @@ def save_overview_png(
     legend = "green: liver   yellow: tumour" + ("   dashed magenta: reference liver" if ref is not None else "")
     fig.suptitle((title + "\n" if title else "") + legend, color="white")
     fig.tight_layout()
+    from .image_io import atomic_write
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=90, facecolor="black", format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_write(path, overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=90, facecolor="black", format="png")
+    finally:
+        plt.close(fig)
     return path

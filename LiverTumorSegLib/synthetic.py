@@ -343,7 +343,6 @@ def _render(an: _Anatomy, grid: _Grid) -> np.ndarray:
     s = an.s
     tissue = np.zeros(grid.geo.shape_zyx, dtype=np.uint8)  # AIR
     BIG = 1e5
-    full = grid.full()
     body_box = grid.box([-an.body_ax * 1.1, -an.body_ay_ant * 1.1, -BIG], [an.body_ax * 1.1, an.body_ay_ant * 1.1, BIG])
     cav = an.fat + an.wall
 

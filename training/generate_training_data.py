@@ -66,12 +66,12 @@ _TEMPLATES: dict = {}
 
 
 def _write(image: sitk.Image, label: sitk.Image, folder: Path, info: dict) -> dict:
+    from LiverTumorSegLib.image_io import write_image, write_labelmap
+
     folder.mkdir(parents=True, exist_ok=True)
-    arr = np.round(sitk.GetArrayFromImage(image)).astype(np.int16)  # CT is stored as integer HU
-    ct = sitk.GetImageFromArray(arr)
-    ct.CopyInformation(image)
-    sitk.WriteImage(ct, str(folder / "ct.nii.gz"), useCompression=True)
-    sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(folder / "label.nii.gz"), useCompression=True)
+    ct = sitk.Round(image)  # integer HU: write_image stores it losslessly as int16
+    write_image(ct, folder / "ct.nii.gz", overwrite=True)
+    write_labelmap(sitk.Cast(label, sitk.sitkUInt8), folder / "label.nii.gz", overwrite=True)
     lab = sitk.GetArrayFromImage(label)
     info.update({"case": folder.name, "liver_voxels": int((lab >= 1).sum()), "tumour_voxels": int((lab == 2).sum())})
     (folder / "info.json").write_text(json.dumps(info, indent=1))

@@ -75,8 +75,6 @@ def main(argv=None) -> int:
         cfg = config_from_args(args)
         if args.resume and not args.config:
             # continue with the run's own recipe unless told otherwise
-            from ltstrain.config import TrainConfig
-
             run_cfg = Path(args.resume)
             run_cfg = (run_cfg if run_cfg.is_dir() else run_cfg.parent) / "config.json"
             if run_cfg.is_file():

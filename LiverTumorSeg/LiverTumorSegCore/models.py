@@ -142,12 +142,6 @@ class ModelStore:
         if side.exists():
             side.unlink()
 
-    def delete_all(self) -> int:
-        models = self.models()
-        for m in models:
-            self.delete(m.name)
-        return len(models)
-
     def size_bytes(self) -> int:
         if not self.folder.is_dir():
             return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from LiverTumorSegLib.terminology import SEGMENTS, SegmentInfo  # the library's (no torch)
@@ -589,7 +589,3 @@ def remove_node(scene, node) -> None:
         if dep is not None and scene.IsNodePresent(dep):
             scene.RemoveNode(dep)
 
-
-def remove_nodes(scene, nodes: Iterable) -> None:
-    for node in nodes:
-        remove_node(scene, node)

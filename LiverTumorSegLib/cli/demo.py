@@ -10,7 +10,6 @@ prints liver volume, tumour count, tumour burden and Dice against the sample's r
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -456,11 +456,3 @@ def make_split(case_ids: Sequence[str], seed: int, ratios: Sequence[float]) -> d
     train, val, test = parts["train"], parts["val"], parts["test"]
     return {"seed": int(seed), "ratios": [float(r) for r in ratios], "train": get(train), "val": get(val), "test": get(test)}
 
-
-def resplit(cache_root: os.PathLike | str, seed: int, ratios: Sequence[float]) -> dict:
-    """Rewrite the split of an existing cache (no preprocessing)."""
-    mpath = Path(cache_root) / MANIFEST
-    manifest = json.loads(mpath.read_text())
-    manifest["split"] = make_split(sorted(manifest["cases"]), seed, ratios)
-    write_json_atomic(mpath, manifest)
-    return manifest["split"]

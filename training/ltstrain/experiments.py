@@ -441,7 +441,6 @@ def exp_table5(ctx: Context) -> dict:
     import torch
 
     from LiverTumorSegLib.models import build_model
-    from LiverTumorSegLib.models.comparators import PAPER_NAMES
 
     from .ddp import DistInfo
     from .figures import efficiency_figure
