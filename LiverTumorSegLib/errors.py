@@ -28,6 +28,13 @@ class WeightsError(LiverTumorSegError):
     """Model weights are missing, corrupt, tampered with, or do not match their sidecar."""
 
 
+class ConfigError(LiverTumorSegError, ValueError):
+    """A configuration (model, preprocessing, options, training recipe) is invalid or unknown.
+
+    Also a ValueError, so callers that validated arguments with ``except ValueError`` keep working.
+    """
+
+
 class Cancelled(LiverTumorSegError):
     """The user cancelled the run through the progress callback."""
 

@@ -1,0 +1,5 @@
+"""Small torch-free helpers shared by the library, the Slicer module and training.
+
+- :mod:`.files`: hashing, weight sidecar paths, output-path checks and atomic writes.
+- :mod:`.config`: strict ``from_dict`` / ``to_dict`` for the JSON-serialisable config dataclasses.
+"""
