@@ -237,10 +237,6 @@ def report_to_json(report: Mapping[str, Any]) -> str:
 
 def save_report(report: Mapping[str, Any], path, overwrite: bool = False) -> Path:
     """Write the report as JSON atomically (temp file + rename); OutputError if it exists."""
-    from .image_io import atomic_write
+    from .utils.files import atomic_write_text
 
-    path = Path(path)
-    text = report_to_json(report) + "\n"
-    with atomic_write(path, overwrite) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(Path(path), report_to_json(report) + "\n", overwrite)
