@@ -142,11 +142,15 @@ def box_probabilities_to_input_region(probs, box: Box, source: Geometry, network
     the input grid.
     """
     box_geo = box_geometry(network, box)
+    p = _to_numpy(probs)
+    if p.ndim not in (3, 4) or tuple(p.shape[-3:]) != box_geo.shape_zyx:
+        raise ValueError(f"probabilities must be (C, d, h, w) with (d, h, w) = the box {box_geo.shape_zyx}, "
+                         f"got {tuple(p.shape)}")
     region = _input_region(box_geo, source)
     if region is None:
         return None
     sub_src = sub_geometry(source, [s.start for s in region], [s.stop - s.start for s in region])
-    return region, resample_probabilities(probs, box_geo, sub_src, 0.0)
+    return region, resample_probabilities(p, box_geo, sub_src, 0.0)
 
 
 def box_probabilities_to_input_grid(probs, network: Optional[Geometry], box: Box, source: Geometry) -> np.ndarray:
