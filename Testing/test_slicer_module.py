@@ -525,6 +525,7 @@ def test_model_store_imports_only_verified_weights(tmp_path):
         store.import_weights(other)
     assert [m.name for m in store.models()] == ["liver_v2"]
     assert not list((tmp_path / "models").glob("*.part"))
+    assert not list((tmp_path / "models").glob(".*"))  # no temporary file of the atomic copy left
     assert format_size(store.size_bytes()).endswith("B")
     store.delete("liver_v2")
     assert store.models() == []
