@@ -283,7 +283,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(folder))
 
     def updateModelsFolderInfo(self):
-        from LiverTumorSegCore.models import format_size
+        from LiverTumorSegCore.model_store import format_size
 
         store = self.logic.modelStore()
         self.ui.modelsFolderLabel.text = _("{folder} ({size})").format(folder=store.folder,
@@ -505,7 +505,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         return os.path.join(settingsDir, "LiverTumorSeg", "models")
 
     def modelStore(self):
-        from LiverTumorSegCore.models import ModelStore
+        from LiverTumorSegCore.model_store import ModelStore
 
         return ModelStore(self.modelsFolder())
 

@@ -13,19 +13,16 @@ terminology and colours, non-overlapping in one layer; see :mod:`.terminology`).
 file has exactly the grid of the label image given (size, spacing, origin, direction; NIfTI
 stores geometry in float32, so it round-trips to ~1e-5 mm).
 
-Every output goes through :func:`atomic_write`: the data are written to a temporary file in
+Every output goes through :func:`atomic_write` (from :mod:`.utils.files`): the data are written to a temporary file in
 the destination folder and renamed into place, so a failure never leaves a partial file, and
 an existing file is never touched unless ``overwrite=True`` (OutputError otherwise).
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +31,8 @@ from . import terminology
 from .dicom import DicomSeriesInfo, is_dicom_file, list_dicom_series, read_dicom_folder, series_uid_of_file
 from .errors import InputError, OutputError
 from .geometry import Geometry
+# The atomic writers live in utils.files; re-exported here because callers import them from here.
+from .utils.files import atomic_write, atomic_write_text, check_output_path  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ def validate_ct(image: sitk.Image) -> dict:
     return {"min": lo, "max": hi, "size": list(size), "spacing": spacing.tolist()}
 
 
-# ============================================================================ atomic writing
+# ============================================================================ output paths
 def output_format(path: PathLike) -> str:
     """The label-map format of a path by its extension, or OutputError if unsupported."""
     name = Path(path).name.lower()
@@ -300,105 +299,6 @@ def output_format(path: PathLike) -> str:
         if name.endswith(e) and len(name) > len(e):
             return e
     raise OutputError(f"unsupported output format for {Path(path).name}: use one of {', '.join(LABELMAP_EXTENSIONS)}")
-
-
-def check_output_path(path: PathLike, overwrite: bool = False, create_folder: bool = True) -> Path:
-    """Check early that ``path`` can be written (before a long computation); returns it.
-
-    OutputError if it exists and ``overwrite`` is False, if it is a folder, or if its folder
-    cannot be created. Creates the folder when missing (``create_folder``).
-    """
-    p = Path(os.path.expanduser(str(path)))
-    if p.is_dir():
-        raise OutputError(f"output path is a folder: {p}")
-    if (p.exists() or p.is_symlink()) and not overwrite:
-        raise OutputError(f"output file already exists: {p} (allow overwriting to replace it)")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        if parent.exists():
-            raise OutputError(f"cannot write {p}: {parent} is not a folder")
-        if not create_folder:
-            raise OutputError(f"output folder does not exist: {parent}")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder {parent}: {exc.strerror or exc}") from None
-    return p
-
-
-def _default_mode() -> int:
-    """0o666 minus the process umask (what a plain ``open()`` would give)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
-
-
-def _commit(tmp: Path, dest: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, dest)
-        return
-    # no-clobber: a hard link fails atomically if dest exists (no race with another writer)
-    try:
-        os.link(tmp, dest)
-    except FileExistsError:
-        raise OutputError(f"output file already exists: {dest} (allow overwriting to replace it)") from None
-    except OSError:  # file system without hard links: check, then rename
-        if dest.exists() or dest.is_symlink():
-            raise OutputError(f"output file already exists: {dest} (allow overwriting to replace it)") from None
-        os.replace(tmp, dest)
-        return
-    tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Context manager for writing ``path`` atomically; yields a temporary path to write to.
-
-    The temporary file lies in the destination folder (hidden name, same extension, so
-    format-by-extension writers work) and is renamed onto ``path`` when the block ends
-    without error; on any error it is removed and ``path`` is untouched. An existing
-    ``path`` raises OutputError (before and, race-free, at the rename) unless
-    ``overwrite``. OSErrors while writing (disk full, permission) become OutputError::
-
-        with atomic_write("report.json", overwrite=False) as tmp:
-            tmp.write_text(text)
-    """
-    dest = check_output_path(path, overwrite)
-    suffix = _ext(dest) or dest.suffix
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write to the folder {dest.parent}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        try:
-            yield tmp
-            if not tmp.exists():
-                raise OutputError(f"nothing was written for {dest}")
-            os.chmod(tmp, _default_mode())
-            _commit(tmp, dest, overwrite)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutputError(f"cannot write {dest}: no space left on the device") from None
-            raise OutputError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def atomic_write_text(path: PathLike, text: str, overwrite: bool = False, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
-    with atomic_write(path, overwrite) as tmp:
-        tmp.write_text(text, encoding=encoding)
-    return Path(path)
 
 
 # ============================================================================ label maps

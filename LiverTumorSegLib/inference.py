@@ -5,6 +5,9 @@
     validate -> preprocess (network grid) -> sliding-window softmax (MONAI, Gaussian blending,
     inference mode) -> probabilities back on the input grid -> argmax -> post-process -> report
 
+This module holds the sliding window and the orchestration; the way back to the input grid is
+:mod:`.transforms.restore`, the boxes :mod:`.utils.regions`.
+
 The label map it returns lies on exactly the input image's grid (size, spacing, origin,
 direction). Progress is reported per window batch and every report is a cancellation point;
 nothing is written here (the caller writes), so a cancelled run leaves no file behind.
@@ -29,6 +32,10 @@ from .device import empty_cache, is_oom, resolve_device, set_cpu_threads
 from .errors import LiverTumorSegError
 from .postprocess import PostprocessOptions, postprocess_labels
 from .progress import ProgressEvent, ProgressReporter
+# The way back to the input grid lives in transforms.restore; argmax_labels/restore_labels are
+# re-exported here for callers that import them from inference (training's validation).
+from .transforms.restore import argmax_labels, resample_probabilities, restore_labels  # noqa: F401
+from .utils.regions import bounding_box
 
 # Share of the whole run per phase (the command line adds read/write around segment()).
 PHASE_WEIGHTS = {"read": 0.04, "preprocess": 0.08, "inference": 0.74, "restore": 0.07, "postprocess": 0.04,
@@ -234,96 +241,15 @@ def _sliding_window(x: torch.Tensor, model: torch.nn.Module, options: SegmentOpt
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def argmax_labels(p1: np.ndarray, p2: np.ndarray) -> np.ndarray:
-    """argmax over (1 - p1 - p2, p1, p2) without building the background channel."""
-    p0 = 1.0 - p1 - p2
-    lab = np.zeros(p1.shape, dtype=np.uint8)
-    lab[(p1 > p0) & (p1 >= p2)] = 1
-    lab[(p2 > p0) & (p2 > p1)] = 2
-    return lab
-
 BODY_THRESHOLD = 0.025  # preprocessed value (HU window [-200, 200] -> [0, 1]): about -190 HU
 BODY_MARGIN_MM = (5.0, 15.0, 15.0)  # (z, y, x) kept around the body's bounding box
-
-
-def _bbox(mask: np.ndarray, margin) -> Optional[tuple[slice, ...]]:
-    """Bounding box of a (z, y, x) mask grown by ``margin`` per axis (None when empty)."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        m = int(margin[axis])
-        out.append(slice(max(0, int(nz[0]) - m), min(mask.shape[axis], int(nz[-1]) + 1 + m)))
-    return tuple(out)
 
 
 def body_box(array: np.ndarray, spacing_zyx, threshold: float = BODY_THRESHOLD,
              margin_mm=BODY_MARGIN_MM) -> Optional[tuple[slice, ...]]:
     """Network-grid box (z, y, x slices) around everything denser than air/lung (None: no body)."""
     margin = [int(math.ceil(m / float(s))) for m, s in zip(margin_mm, spacing_zyx)]
-    return _bbox(array > threshold, margin)
-
-
-def _sub_geometry(geo, start_zyx, shape_zyx):
-    """The Geometry of a sub-box (start and shape in array (z, y, x) order) of ``geo``."""
-    from .geometry import Geometry
-
-    start_ijk = np.asarray(start_zyx[::-1], dtype=float)
-    origin = geo.index_to_physical(start_ijk)[0]
-    return Geometry(size=tuple(int(v) for v in shape_zyx[::-1]), spacing=geo.spacing,
-                    origin=tuple(float(v) for v in origin), direction=geo.direction)
-
-
-class _Grids:
-    """Duck-typed PreparedImage for probabilities_to_input_grid (a grid and a source)."""
-
-    def __init__(self, grid, source) -> None:
-        self.grid = grid
-        self.source = source
-
-
-def restore_labels(p1: np.ndarray, p2: np.ndarray, prepared, crop: bool = True) -> np.ndarray:
-    """Liver/tumour probabilities on the network grid -> argmax labels (z, y, x) on the input grid.
-
-    With ``crop``, only the part of the input grid near network voxels where background is
-    not certain (p0 < 0.5) is interpolated: elsewhere every interpolated p0 is >= 0.5 (linear
-    interpolation is a convex combination), so the argmax there is background anyway. Gives
-    exactly the labels of the full interpolation at a fraction of the cost.
-    """
-    from .geometry import Geometry
-    from .preprocessing import probabilities_to_input_grid
-
-    source = prepared.source
-    out = np.zeros(source.shape_zyx, dtype=np.uint8)
-    if not crop:
-        back = probabilities_to_input_grid(np.stack([p1, p2]), prepared)
-        return argmax_labels(back[0], back[1])
-    box = _bbox((p1 + p2) > 0.5, (2, 2, 2))
-    if box is None:
-        return out
-    net = Geometry.from_image(prepared.grid)
-    start = [b.start for b in box]
-    shape = [b.stop - b.start for b in box]
-    sub_net = _sub_geometry(net, start, shape)
-    # input voxels whose centres fall inside the sub-box (+1 voxel), via its physical corners
-    lo = np.asarray(start[::-1], float) - 1.0
-    hi = np.asarray([b.stop for b in box][::-1], float)
-    corners = np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]] for a in (0, 1) for b in (0, 1)
-                        for c in (0, 1)])
-    idx = source.physical_to_index(net.index_to_physical(corners))
-    i0 = np.maximum(np.floor(idx.min(axis=0)).astype(int) - 1, 0)
-    i1 = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 2, np.asarray(source.size))
-    if np.any(i1 <= i0):
-        return out
-    in_start, in_shape = tuple(i0[::-1]), tuple((i1 - i0)[::-1])
-    sub_src = _sub_geometry(source, in_start, in_shape)
-    sl = tuple(slice(a, a + n) for a, n in zip(in_start, in_shape))
-    back = probabilities_to_input_grid(np.stack([p1[box], p2[box]]), _Grids(sub_net, sub_src))
-    out[sl] = argmax_labels(back[0], back[1])
-    return out
-
+    return bounding_box(array > threshold, margin)
 
 
 def predict_network_grid(
@@ -397,7 +323,7 @@ def segment(
 
 
 def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, t_start) -> SegmentationResult:
-    from .preprocessing import preprocess_image, probabilities_to_input_grid
+    from .preprocessing import preprocess_image
     from .report import build_report
 
     t = time.perf_counter()
@@ -417,12 +343,12 @@ def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, 
     # background channel is 1 - p1 - p2: only the liver and tumour channels travel back.
     probabilities = None
     if opts.return_probabilities:
-        back = probabilities_to_input_grid(np.stack([p1, p2]), prepared)
+        back = resample_probabilities(np.stack([p1, p2]), prepared.network, prepared.source)
         labels = argmax_labels(back[0], back[1])
         probabilities = np.stack([np.clip(1.0 - back[0] - back[1], 0.0, 1.0), back[0], back[1]]).astype(np.float32)
         del back
     else:
-        labels = restore_labels(p1, p2, prepared, crop=True)
+        labels = restore_labels(p1, p2, prepared.network, prepared.source, crop=True)
     del p1, p2
     timings["restore"] = time.perf_counter() - t
     reporter.report("restore", 1.0)

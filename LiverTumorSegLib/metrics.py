@@ -48,8 +48,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull
-from scipy.spatial.distance import pdist
+
+from .utils.regions import bounding_box, max_diameter  # noqa: F401 (max_diameter: public here too)
 
 METRIC_NAMES = ("dice", "voe", "rvd", "asd", "hd95")
 REGIONS = ("liver", "tumor")
@@ -95,16 +95,6 @@ def region_masks(labels: np.ndarray) -> Dict[str, np.ndarray]:
     return {"liver": labels >= 1, "tumor": labels == 2}
 
 
-def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
-    """Bounding box of the True voxels, grown by ``margin`` and clipped to the array."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        slices.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(slices)
-
-
 def surface(mask: np.ndarray) -> np.ndarray:
     """Surface voxels: the mask minus its 6-connected erosion (outside the array = background)."""
     mask = np.asarray(mask, dtype=bool)
@@ -121,7 +111,7 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     sp = _check_spacing(spacing, pred.ndim)
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks")
-    box = _bbox_slices(pred | ref, margin=1)
+    box = bounding_box(pred | ref, margin=1)
     p, g = pred[box], ref[box]
     sp_, sg = surface(p), surface(g)
     d_pg = ndimage.distance_transform_edt(~sg, sampling=sp)[sp_]
@@ -213,25 +203,6 @@ def size_stratum(diameter_vox: float) -> str:
         if lo <= diameter_vox < hi:
             return name
     raise ValueError(f"diameter must be >= 0, got {diameter_vox}")
-
-
-def max_diameter(coords: np.ndarray) -> float:
-    """Largest Euclidean distance between any two of the points ``coords`` (N, ndim)."""
-    coords = np.asarray(coords, dtype=np.float64)
-    if len(coords) < 2:
-        return 0.0
-    if len(coords) > 2000:
-        try:  # the farthest pair lies on the convex hull; "QJ" copes with flat point sets
-            coords = coords[ConvexHull(coords, qhull_options="QJ").vertices]
-        except Exception:  # pragma: no cover - qhull failure: brute force below
-            pass
-    if len(coords) <= 3000:
-        return float(pdist(coords).max())
-    best = 0.0
-    for start in range(0, len(coords), 256):  # blockwise, bounded memory
-        diff = coords[start : start + 256, None, :] - coords[None, start:, :]
-        best = max(best, float((diff * diff).sum(-1).max()))
-    return math.sqrt(best)
 
 
 def tumour_analysis(

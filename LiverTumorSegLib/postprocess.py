@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .utils.regions import bounding_box
+
 BACKGROUND, LIVER, TUMOUR = 0, 1, 2
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 
@@ -57,18 +59,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     counts = np.bincount(lab.ravel())
     counts[0] = 0
     return lab == int(np.argmax(counts))
-
-
-def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Optional[tuple[slice, ...]]:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` (None when empty)."""
-    sl = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        sl.append(slice(max(0, nz[0] - margin), min(mask.shape[axis], nz[-1] + 1 + margin)))
-    return tuple(sl)
 
 
 def _small_holes_2d(mask: np.ndarray, spacing_zyx: Sequence[float], max_area_mm2: float) -> np.ndarray:
@@ -141,7 +131,7 @@ def postprocess_labels(
     if opts.fill_holes:
         fg = out >= LIVER
         filled_n = 0
-        box = _bbox_slices(fg)
+        box = bounding_box(fg, 1)
         if box is not None:
             sub = fg[box]
             filled = ndimage.binary_fill_holes(sub, structure=_FULL) & ~sub
@@ -163,7 +153,7 @@ def postprocess_labels(
             small[0] = False
             if small.any():
                 small_mask = small[lab]
-                box = _bbox_slices(small_mask)
+                box = bounding_box(small_mask, 1)
                 touching = np.zeros(n + 1, dtype=bool)
                 near_liver = ndimage.binary_dilation(out[box] == LIVER, structure=_FULL)
                 touching[np.unique(lab[box][near_liver & small_mask[box]])] = True

@@ -26,7 +26,8 @@ separably, one axis at a time (1D B-spline prefilter + 4-tap evaluation, mirror 
 as ITK's BSplineInterpolateImageFunction); this is the same interpolant as ITK's 3D cubic
 B-spline resampling at a fraction of the cost. Oblique inputs use ``sitk.Resample``.
 
-The way back (:func:`probabilities_to_input_grid`) resamples the network's class
+The way back (:mod:`.transforms.restore`; :func:`probabilities_to_input_grid` here is its
+shorthand for a PreparedImage) resamples the network's class
 PROBABILITIES (linear interpolation) onto the input grid, and callers take the argmax there.
 Interpolating probabilities gives smooth boundaries at the input's finer resolution and
 never invents or drops labels; nearest-neighbour on a label map would copy the coarse
@@ -43,6 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Geometry, axis_permutation, canonical_grid, geometry_of, physical_axis_spacing, reorient_to_lps_identity
+from .transforms.restore import resample_labels, resample_probabilities
 
 INTERPOLATIONS = ("bspline", "linear", "nearest")
 
@@ -125,6 +127,11 @@ class PreparedImage:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def network(self) -> Geometry:
+        """The network grid's Geometry (of ``grid``), for the way back (:mod:`.transforms.restore`)."""
+        return Geometry.from_image(self.grid)
 
 
 # ============================================================================ separable resampling
@@ -295,53 +302,23 @@ def preprocess_label(label: sitk.Image, grid) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
-def _grid_and_source(prepared) -> tuple[Geometry, Geometry]:
-    if isinstance(prepared, PreparedImage):
-        return Geometry.from_image(prepared.grid), prepared.source
-    grid = getattr(prepared, "grid", None)
-    source = getattr(prepared, "source", None)
-    if grid is None or source is None:
-        raise TypeError("prepared must be a PreparedImage (with .grid and .source)")
-    return geometry_of(grid), geometry_of(source)
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+def _grids(prepared: PreparedImage) -> tuple[Geometry, Geometry]:
+    if not isinstance(prepared, PreparedImage):
+        raise TypeError(f"prepared must be a PreparedImage, got {type(prepared).__name__}")
+    return prepared.network, prepared.source
 
 
 def probabilities_to_input_grid(probs, prepared: PreparedImage, default_value: float = 0.0) -> np.ndarray:
     """Class probabilities (C, D, H, W) on the network grid -> float32 (C, z, y, x) on the
     input grid, by linear interpolation (then take the argmax over C on the input grid).
 
-    A (D, H, W) array is treated as one channel and returns (z, y, x).
+    A (D, H, W) array is treated as one channel and returns (z, y, x). Shorthand for
+    :func:`.transforms.restore.resample_probabilities` with the prepared image's two grids.
     """
-    grid, source = _grid_and_source(prepared)
-    p = _to_numpy(probs)
-    squeeze = p.ndim == 3
-    if squeeze:
-        p = p[None]
-    if p.ndim != 4 or tuple(p.shape[1:]) != grid.shape_zyx:
-        raise ValueError(f"probabilities must be (C, D, H, W) with (D, H, W) = {grid.shape_zyx}, got {tuple(p.shape)}")
-    out = np.empty((p.shape[0],) + source.shape_zyx, dtype=np.float32)
-    for c in range(p.shape[0]):
-        img = grid.image_from_array(np.asarray(p[c], dtype=np.float32))
-        res = source.resample(img, sitk.sitkLinear, default_value, sitk.sitkFloat32)
-        out[c] = sitk.GetArrayViewFromImage(res)
-    return out[0] if squeeze else out
+    return resample_probabilities(probs, *_grids(prepared), default_value)
 
 
 def labels_to_input_grid(labels, prepared: PreparedImage) -> np.ndarray:
     """Labels (D, H, W) (or (C, D, H, W)) on the network grid -> uint8 (z, y, x) on the input
     grid, nearest neighbour. Prefer :func:`probabilities_to_input_grid` when probabilities exist."""
-    grid, source = _grid_and_source(prepared)
-    lab = _to_numpy(labels)
-    if lab.ndim == 4:
-        return np.stack([labels_to_input_grid(x, prepared) for x in lab])
-    if tuple(lab.shape) != grid.shape_zyx:
-        raise ValueError(f"labels must be (D, H, W) = {grid.shape_zyx}, got {tuple(lab.shape)}")
-    img = grid.image_from_array(lab.astype(np.uint8))
-    res = source.resample(img, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(res)
-
+    return resample_labels(labels, *_grids(prepared))

@@ -8,8 +8,9 @@ images are measured in physical space):
 - tumours: 26-connected components of label 2, sorted by volume (largest first, ids 1..n).
 - ``volume_ml``: voxel count times the voxel volume.
 - ``max_diameter_mm``: the largest distance between the centres of two surface voxels of the
-  tumour, in patient coordinates (via the image's direction, spacing and origin). Computed on
-  the convex hull of the surface points. A one-voxel tumour has diameter 0.
+  tumour, in patient coordinates (via the image's direction, spacing and origin), by
+  :func:`.utils.regions.max_diameter` (the same rule as the metrics). A one-voxel tumour has
+  diameter 0.
 - ``centroid_lps_mm``: mean physical position of the tumour's voxel centres in the image's
   patient frame (ITK/DICOM LPS); ``centroid_ras_mm`` is the same point in RAS (Slicer).
 - ``tumour_burden_percent``: total tumour volume / liver region volume * 100 (0 when there is
@@ -27,6 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .utils.regions import max_diameter
+
 REPORT_FORMAT_VERSION = 1
 _FULL = np.ones((3, 3, 3), dtype=bool)
 
@@ -42,27 +45,6 @@ def _geometry(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
 def _to_lps(idx_zyx: np.ndarray, origin: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """(N, 3) z, y, x (continuous) indices -> (N, 3) LPS points in mm."""
     return origin[None, :] + idx_zyx[:, ::-1].astype(np.float64) @ matrix.T
-
-
-def _max_distance(points: np.ndarray) -> float:
-    """Largest pairwise distance of a point set (convex hull first when it is large)."""
-    n = len(points)
-    if n < 2:
-        return 0.0
-    if n > 64:
-        try:
-            from scipy.spatial import ConvexHull
-
-            points = points[ConvexHull(points).vertices]
-        except Exception:  # flat or degenerate set (e.g. a one-slice tumour): use all points
-            pass
-    best = 0.0
-    # Blockwise pairwise distances, so that a degenerate large set cannot exhaust memory.
-    block = 2048
-    for i in range(0, len(points), block):
-        d = points[i:i + block, None, :] - points[None, :, :]
-        best = max(best, float(np.sqrt((d * d).sum(-1)).max()))
-    return best
 
 
 def _round(x: float, nd: int = 3) -> float:
@@ -89,7 +71,7 @@ def tumour_list(labelmap: sitk.Image, tumour_label: int = 2) -> list[dict]:
         padded = np.pad(comp, 1)
         surface = padded & ~ndimage.binary_erosion(padded)
         sidx = np.argwhere(surface).astype(np.float64) + offset - 1.0
-        diameter = _max_distance(_to_lps(sidx, origin, matrix))
+        diameter = max_diameter(_to_lps(sidx, origin, matrix))
         items.append({
             "voxels": count,
             "volume_ml": count * voxel_ml,
@@ -237,10 +219,6 @@ def report_to_json(report: Mapping[str, Any]) -> str:
 
 def save_report(report: Mapping[str, Any], path, overwrite: bool = False) -> Path:
     """Write the report as JSON atomically (temp file + rename); OutputError if it exists."""
-    from .image_io import atomic_write
+    from .utils.files import atomic_write_text
 
-    path = Path(path)
-    text = report_to_json(report) + "\n"
-    with atomic_write(path, overwrite) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(Path(path), report_to_json(report) + "\n", overwrite)

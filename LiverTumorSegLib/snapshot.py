@@ -75,7 +75,7 @@ def save_overview_png(
     legend = "green: liver   yellow: tumour" + ("   dashed magenta: reference liver" if ref is not None else "")
     fig.suptitle((title + "\n" if title else "") + legend, color="white")
     fig.tight_layout()
-    from .image_io import atomic_write
+    from .utils.files import atomic_write
 
     path = Path(path)
     try:

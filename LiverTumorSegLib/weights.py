@@ -13,10 +13,8 @@ shapes equal that model's. Each failure is a one-line :class:`WeightsError`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from .errors import WeightsError
+from .utils.files import atomic_write, atomic_write_json, sha256_file, sidecar_path  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
 RESOURCE_MODELS = Path(__file__).resolve().parent / "resources" / "models"
@@ -50,22 +49,6 @@ class LoadedModel:
                 "path": str(self.path)}
 
 
-def sidecar_path(path: Union[str, Path]) -> Path:
-    """``x.safetensors`` -> ``x.json`` (same folder, same stem)."""
-    return Path(path).with_suffix(".json")
-
-
-def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
@@ -83,17 +66,12 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are meant to be shared/read
-    os.replace(tmp, final)
-
-
 def save_weights(model: torch.nn.Module, path: Union[str, Path], metadata: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``path`` (safetensors) and its sidecar ``path.with_suffix('.json')``; return path.
 
     ``metadata`` may hold ``name``, ``version``, ``preprocessing`` (a PreprocessingConfig or
     its dict; default: the default config) and any extra JSON-serialisable keys (e.g.
-    ``training``). Both files are written atomically (temp file + rename); the sidecar last.
+    ``training``). Both files are written atomically (``utils.files.atomic_write``), replacing old ones; the sidecar last.
     """
     from safetensors.torch import save_file
 
@@ -115,16 +93,9 @@ def save_weights(model: torch.nn.Module, path: Union[str, Path], metadata: Optio
         meta.pop(k, None)
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "livertumorseg_format_version": str(FORMAT_VERSION)})
+    with atomic_write(path, overwrite=True) as tmp:  # checkpoints are rewritten every epoch
+        save_file(state, str(tmp), metadata={"format": "pt", "livertumorseg_format_version": str(FORMAT_VERSION)})
         digest = sha256_file(tmp)
-        _atomic_replace(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     sidecar = {
         "format_version": FORMAT_VERSION,
         "name": meta.pop("name", None) or getattr(config, "name", None) or path.stem,
@@ -138,16 +109,7 @@ def save_weights(model: torch.nn.Module, path: Union[str, Path], metadata: Optio
     }
     for k, v in meta.items():
         sidecar[k] = _jsonable(v)
-    side = sidecar_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(sidecar, f, indent=2)
-            f.write("\n")
-        _atomic_replace(Path(tmp), side)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(sidecar_path(path), sidecar, overwrite=True)
     return path
 
 

@@ -222,8 +222,11 @@ def test_cropped_restore_equals_full_restore(ct):
     """Interpolating only near possible foreground gives exactly the full interpolation's labels."""
     from scipy import ndimage
 
-    from LiverTumorSegLib.inference import restore_labels
     from LiverTumorSegLib.preprocessing import PreprocessingConfig, preprocess_image
+    from LiverTumorSegLib.transforms.restore import restore_labels as _restore
+
+    def restore_labels(p1, p2, prepared, crop=True):
+        return _restore(p1, p2, prepared.network, prepared.source, crop=crop)
 
     prepared = preprocess_image(ct, PreprocessingConfig())
     rng = np.random.default_rng(0)

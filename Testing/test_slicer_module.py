@@ -259,9 +259,9 @@ def _module_ast():
 
 HEAVY = {"torch", "monai", "LiverTumorSegLib", "SimpleITK", "scipy", "safetensors", "qt", "ctk"}
 #: The library modules the Slicer process may load: standard library only (segment terminology,
-#: errors; the package ``__init__`` adds ``progress``). Everything else of the library needs torch.
+#: errors, file helpers; the package ``__init__`` adds ``progress``). Everything else needs torch.
 LIGHT_LIBRARY = {"LiverTumorSegLib", "LiverTumorSegLib.errors", "LiverTumorSegLib.progress",
-                 "LiverTumorSegLib.terminology"}
+                 "LiverTumorSegLib.terminology", "LiverTumorSegLib.utils", "LiverTumorSegLib.utils.files"}
 
 
 def _top_level_imports(tree, allowed=frozenset()):
@@ -307,7 +307,7 @@ def test_core_is_qt_free_and_light(tmp_path):
         assert not heavy, f"{path.name} imports {heavy} at load"
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "import LiverTumorSegCore, LiverTumorSegCore.job, LiverTumorSegCore.mrml, LiverTumorSegCore.batch, "
-            "LiverTumorSegCore.models, LiverTumorSegCore.deps, LiverTumorSegCore.runner; " + _REPORT_LOADED)
+            "LiverTumorSegCore.model_store, LiverTumorSegCore.deps, LiverTumorSegCore.runner; " + _REPORT_LOADED)
     loaded = _loaded(code, tmp_path, MODULE_DIR)
     assert "LiverTumorSegLib.terminology" in loaded
     assert set(loaded) <= LIGHT_LIBRARY, f"importing the core loads {sorted(set(loaded) - LIGHT_LIBRARY)}"
@@ -505,7 +505,7 @@ def _fake_weights(folder: Path, name="model", sha=None, payload=b"weights-bytes"
 
 def test_model_store_imports_only_verified_weights(tmp_path):
     from LiverTumorSegCore.errors import ModelError
-    from LiverTumorSegCore.models import ModelStore, format_size
+    from LiverTumorSegCore.model_store import ModelStore, format_size
 
     store = ModelStore(tmp_path / "models")
     assert store.models() == [] and store.size_bytes() == 0
@@ -525,6 +525,7 @@ def test_model_store_imports_only_verified_weights(tmp_path):
         store.import_weights(other)
     assert [m.name for m in store.models()] == ["liver_v2"]
     assert not list((tmp_path / "models").glob("*.part"))
+    assert not list((tmp_path / "models").glob(".*"))  # no temporary file of the atomic copy left
     assert format_size(store.size_bytes()).endswith("B")
     store.delete("liver_v2")
     assert store.models() == []

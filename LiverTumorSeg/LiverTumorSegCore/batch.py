@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
+
+from LiverTumorSegLib.utils.files import atomic_write, atomic_write_text  # stdlib only
 
 from . import mrml
 from .errors import ModuleError
@@ -106,13 +107,11 @@ def tumour_rows(case: str, report: dict) -> List[dict]:
 
 
 def write_csv(path: Path, fields: Sequence[str], rows: Iterable[dict]) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, overwrite=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in fields})
-    os.replace(tmp, path)
 
 
 def run_batch(input_folder, output_folder, scene, options: Optional[SegmentationOptions] = None,
@@ -157,8 +156,8 @@ def run_batch(input_folder, output_folder, scene, options: Optional[Segmentation
             report = job.run(callback=progress, timeout=timeout_per_case)
             save_segmentation(job.segmentation_node, seg_path)
             report_path = output_folder / f"{case}.report.json"
-            with open(report_path, "w", encoding="utf-8") as f:
-                json.dump({k: v for k, v in report.items() if k != "slicer"}, f, indent=2, default=str)
+            atomic_write_text(report_path, json.dumps({k: v for k, v in report.items() if k != "slicer"},
+                                                      indent=2, default=str), overwrite=True)
             row = summary_row(case, report, "ok", time.perf_counter() - t0, seg_path.name)
             tumours.extend(tumour_rows(case, report))
             log(f"  liver {row['liver_volume_ml']} mL, {row['tumour_count']} tumour(s), "

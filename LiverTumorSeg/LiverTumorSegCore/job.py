@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from LiverTumorSegLib.utils.files import atomic_write_text  # stdlib only
+
 from . import mrml
 from .errors import ModelError, RunCancelled, RunError
 from .runner import CANCELLED, FAILED, SUCCEEDED, ProcessRunner, default_python_executable, python_environment
@@ -324,10 +326,7 @@ def report_summary(report: dict) -> str:
 
 
 def write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str), overwrite=True)
 
 
 def library_version(library: str = "LiverTumorSegLib") -> Optional[str]:

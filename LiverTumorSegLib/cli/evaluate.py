@@ -117,8 +117,8 @@ def grid_mismatch(a, b) -> Optional[str]:
 
 
 def write_text_atomic(path, text: str, overwrite: bool = False) -> Path:
-    """Write ``text`` to ``path`` atomically (``image_io.atomic_write_text``)."""
-    from ..image_io import atomic_write_text
+    """Write ``text`` to ``path`` atomically (``utils.files.atomic_write_text``)."""
+    from ..utils.files import atomic_write_text
 
     return atomic_write_text(path, text, overwrite=overwrite)
 
@@ -145,7 +145,7 @@ def to_json(obj) -> str:
 # ----------------------------------------------------------------------------- PRED REF mode
 def _run_pair(args: argparse.Namespace) -> int:
     if args.json_out:  # fail before the (possibly long) computation
-        from ..image_io import check_output_path
+        from ..utils.files import check_output_path
 
         check_output_path(args.json_out, overwrite=args.overwrite)
     pred_img = read_label(args.pred)
@@ -246,7 +246,8 @@ def evaluate_cases(
     ``out_dir`` and returns the summary dict. Predictions are resampled (nearest neighbour)
     onto the reference's grid when they differ from it.
     """
-    from ..image_io import check_output_path, read_image, write_labelmap
+    from ..image_io import read_image, write_labelmap
+    from ..utils.files import check_output_path
 
     out = Path(out_dir)
     for name in OUTPUT_NAMES:
@@ -293,7 +294,7 @@ def evaluate_cases(
 
 def _run_folder(args: argparse.Namespace) -> int:
     from ..datasets import discover_cases, split_cases
-    from ..image_io import check_output_path
+    from ..utils.files import check_output_path
     from ..inference import SegmentOptions, segment
     from ..weights import load_model
 

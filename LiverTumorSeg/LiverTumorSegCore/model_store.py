@@ -1,4 +1,4 @@
-"""The models folder: imported weights files (safetensors + JSON sidecar), checked by sha256.
+"""The model store: the models folder of imported weights files (safetensors + JSON sidecar), checked by sha256.
 
 Offline sites import a weights file they received (USB stick, intranet): it is copied into the
 models folder only when its sha256 equals the one recorded in its sidecar, so a truncated or
@@ -7,31 +7,18 @@ Advanced section, with buttons to open it and to delete models.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
+from LiverTumorSegLib.utils.files import atomic_write, atomic_write_bytes, sha256_file, sidecar_path  # stdlib only
+
 from .errors import ModelError
 
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL = "default"  # the library's bundled model
-
-
-def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sidecar_path(path: Union[str, Path]) -> Path:
-    """``x.safetensors`` -> ``x.json`` (the library's convention)."""
-    return Path(path).with_suffix(".json")
 
 
 def read_sidecar(path: Union[str, Path]) -> dict:
@@ -116,19 +103,12 @@ class ModelStore:
                     return info  # the same model is already there
             raise ModelError(f"A different model named {target.name} is already in the models folder; "
                              "rename the file or delete the existing model first.")
-        tmp_weights = target.with_name(target.name + ".part")
-        tmp_side = sidecar_path(target).with_name(sidecar_path(target).name + ".part")
-        try:
+        with atomic_write(target, overwrite=False) as tmp_weights:
             shutil.copyfile(source, tmp_weights)
-            shutil.copyfile(sidecar_path(source), tmp_side)
             if sha256_file(tmp_weights) != meta["sha256"].lower():
                 raise ModelError(f"Copying {source.name} into the models folder corrupted it; check the disk.")
-            os.replace(tmp_side, sidecar_path(target))
-            os.replace(tmp_weights, target)
-        finally:
-            for p in (tmp_weights, tmp_side):
-                if p.exists():
-                    p.unlink()
+            # the sidecar first, so that a listed weights file always has its sidecar
+            atomic_write_bytes(sidecar_path(target), sidecar_path(source).read_bytes(), overwrite=True)
         info = self.find(target.stem)
         assert info is not None
         return info
