@@ -34,6 +34,7 @@ from . import terminology
 from .dicom import DicomSeriesInfo, is_dicom_file, list_dicom_series, read_dicom_folder, series_uid_of_file
 from .errors import InputError, OutputError
 from .geometry import Geometry
+from .utils.files import check_output_path  # noqa: F401 (one definition, re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -300,30 +301,6 @@ def output_format(path: PathLike) -> str:
         if name.endswith(e) and len(name) > len(e):
             return e
     raise OutputError(f"unsupported output format for {Path(path).name}: use one of {', '.join(LABELMAP_EXTENSIONS)}")
-
-
-def check_output_path(path: PathLike, overwrite: bool = False, create_folder: bool = True) -> Path:
-    """Check early that ``path`` can be written (before a long computation); returns it.
-
-    OutputError if it exists and ``overwrite`` is False, if it is a folder, or if its folder
-    cannot be created. Creates the folder when missing (``create_folder``).
-    """
-    p = Path(os.path.expanduser(str(path)))
-    if p.is_dir():
-        raise OutputError(f"output path is a folder: {p}")
-    if (p.exists() or p.is_symlink()) and not overwrite:
-        raise OutputError(f"output file already exists: {p} (allow overwriting to replace it)")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        if parent.exists():
-            raise OutputError(f"cannot write {p}: {parent} is not a folder")
-        if not create_folder:
-            raise OutputError(f"output folder does not exist: {parent}")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder {parent}: {exc.strerror or exc}") from None
-    return p
 
 
 def _default_mode() -> int:

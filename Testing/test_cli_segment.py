@@ -70,7 +70,7 @@ def test_each_output_format_on_exactly_the_input_grid(case, capsys, tmp_path, ex
 
 
 def test_report_json_and_same_result_as_library(case, capsys, tmp_path):
-    from LiverTumorSegLib.inference import SegmentOptions, segment
+    from LiverTumorSegLib.inference import PostprocessOptions, SegmentOptions, segment
     from LiverTumorSegLib.weights import load_model
 
     out, rep = tmp_path / "seg.nii.gz", tmp_path / "report.json"
@@ -88,7 +88,7 @@ def test_report_json_and_same_result_as_library(case, capsys, tmp_path):
     assert r["postprocessing"]["options"]["min_tumour_volume_ml"] == 0
     assert r["compute"]["threads"] == 1
     lib = segment(case["image"], load_model(case["weights"]),
-                  SegmentOptions(device="cpu", min_tumour_volume_ml=0, fill_holes=False))
+                  SegmentOptions(device="cpu", postprocess=PostprocessOptions(min_tumour_volume_ml=0, fill_holes=False)))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
                                   sitk.GetArrayFromImage(lib.labelmap))
     assert r["tumour_count"] == lib.report["tumour_count"]
