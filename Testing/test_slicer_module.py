@@ -259,9 +259,11 @@ def _module_ast():
 
 HEAVY = {"torch", "monai", "LiverTumorSegLib", "SimpleITK", "scipy", "safetensors", "qt", "ctk"}
 #: The library modules the Slicer process may load: standard library only (segment terminology,
-#: errors; the package ``__init__`` adds ``progress``). Everything else of the library needs torch.
+#: errors, the run options and their declaration helpers; the package ``__init__`` adds
+#: ``progress``). Everything else of the library needs torch.
 LIGHT_LIBRARY = {"LiverTumorSegLib", "LiverTumorSegLib.errors", "LiverTumorSegLib.progress",
-                 "LiverTumorSegLib.terminology"}
+                 "LiverTumorSegLib.terminology", "LiverTumorSegLib.options", "LiverTumorSegLib.utils",
+                 "LiverTumorSegLib.utils.options", "LiverTumorSegLib.utils.config"}
 
 
 def _top_level_imports(tree, allowed=frozenset()):
@@ -538,10 +540,10 @@ def test_gpu_warning_and_options():
     assert "No NVIDIA GPU" in gpu_warning("GPU", None)
     assert "only 4.0 GiB" in gpu_warning("auto", [4.0])
     assert gpu_warning("auto", [24.0]) == ""
-    assert SegmentationOptions(device="GPU").cli_device() == "cuda"
+    assert SegmentationOptions.create(device="GPU").segment.device == "cuda"
     with pytest.raises(ValueError):
-        SegmentationOptions(device="tpu").cli_device()
-    args = SegmentationOptions(largest_component=False, tumour_in_liver=False).cli_args()
+        SegmentationOptions.create(device="tpu")
+    args = SegmentationOptions.create(largest_liver_component=False, tumour_inside_liver=False).cli_args()
     assert "--no-largest-component" in args and "--no-tumour-in-liver" in args and "--model" not in args
     assert format_eta(75) == "1 min 15 s" and format_eta(None) == "" and format_eta(3700) == "1 h 01 min"
 
