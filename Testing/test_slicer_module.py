@@ -552,3 +552,26 @@ def test_batch_script_help_runs_without_slicer():
     out = subprocess.run([sys.executable, str(MODULE_DIR / "Scripts" / "batch_segment.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--input-folder" in out.stdout
+
+
+def test_parameter_node_option_table_is_complete():
+    """Every library option is either mapped from a parameter-node field (one table) or listed as
+    deliberately hidden; the mapped fields exist in the parameter node with the library's defaults."""
+    from LiverTumorSegCore.job import DEVICES, HIDDEN_OPTIONS, PARAMETER_NODE_OPTIONS
+    from LiverTumorSegLib.options import SegmentOptions
+    from LiverTumorSegLib.utils.options import option_fields
+
+    library = option_fields(SegmentOptions)
+    exposed = set(PARAMETER_NODE_OPTIONS.values())
+    assert len(exposed) == len(PARAMETER_NODE_OPTIONS), "two parameters set the same option"
+    assert not exposed & set(HIDDEN_OPTIONS), f"both exposed and hidden: {exposed & set(HIDDEN_OPTIONS)}"
+    assert exposed | set(HIDDEN_OPTIONS) == set(library), (
+        f"neither exposed nor hidden: {sorted(set(library) - exposed - set(HIDDEN_OPTIONS))}; "
+        f"not library options: {sorted((exposed | set(HIDDEN_OPTIONS)) - set(library))}")
+    node = next(n for n in _module_ast().body if isinstance(n, ast.ClassDef) and n.name == "LiverTumorSegParameterNode")
+    defaults = {s.target.id: ast.literal_eval(s.value) for s in node.body
+                if isinstance(s, ast.AnnAssign) and s.value is not None}
+    for name, option in PARAMETER_NODE_OPTIONS.items():
+        assert name in defaults, f"{name} is not a parameter-node field with a default"
+        value = DEVICES[defaults[name].lower()] if option == "device" else defaults[name]
+        assert value == library[option].default, (name, value, library[option].default)
