@@ -12,7 +12,7 @@ import os
 import sys
 
 # Transparent huge pages for PyTorch's CPU allocator: fewer page faults on the large
-# activations of 3D windows (measured ~20 % faster per window here). Read when torch is
+# activations of 3D windows (measured in the README, "CPU speed"). Read when torch is
 # imported, so it is set before any sub-command imports torch; an explicit value wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 from typing import Optional, Sequence
