@@ -4,7 +4,7 @@ The network runs out of process (``PythonSlicer -m LiverTumorSegLib segment``), 
 out-of-memory kill cannot take Slicer down and a run can be cancelled. Everything that touches
 MRML lives in the Qt-free ``LiverTumorSegCore`` package next to this file; this file only wires
 the GUI. Nothing heavy is imported at module load: of the library only its light modules
-(segment terminology, errors) are loaded; torch and the network code are used only by the
+(segment terminology, errors, run options) are loaded; torch and the network code are used only by the
 child process (and by the self-test).
 """
 import importlib.util
