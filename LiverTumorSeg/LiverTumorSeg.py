@@ -7,12 +7,12 @@ the GUI. Nothing heavy is imported at module load: of the library only its light
 (segment terminology, errors, run options) are loaded; torch and the network code are used only by the
 child process (and by the self-test).
 """
+import dataclasses
 import importlib.util
 import logging
 import os
 import shutil
 import sys
-from dataclasses import fields, replace
 from typing import Annotated
 
 import vtk
@@ -624,7 +624,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         from LiverTumorSegCore.job import SceneOptions, SegmentationJob, SegmentationOptions
 
         options = options or SegmentationOptions()
-        options = replace(options, model=self.resolveModel(options.model))
+        options = dataclasses.replace(options, model=self.resolveModel(options.model))
         return SegmentationJob(volumeNode, options=options, python_executable=self.pythonExecutable(),
                                command_prefix=self.commandPrefix, **(scene or SceneOptions()).job_arguments())
 
@@ -646,9 +646,11 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         """
         from LiverTumorSegCore.job import SceneOptions, SegmentationOptions
 
-        sceneNames = {f.name for f in fields(SceneOptions)}
+        if options is not None and not isinstance(options, SegmentationOptions):
+            raise TypeError("options must be a SegmentationOptions (give nodes by keyword: segmentation_node=...)")
+        sceneNames = {f.name for f in dataclasses.fields(SceneOptions)}
         sceneOverrides = {k: overrides.pop(k) for k in list(overrides) if k in sceneNames}
-        scene = replace(scene or SceneOptions(), **sceneOverrides)
+        scene = dataclasses.replace(scene or SceneOptions(), **sceneOverrides)
         options = (options or SegmentationOptions()).with_overrides(**overrides)
         if checkDependencies and self.commandPrefix is None:
             missing = self.missingDependencies()

@@ -378,6 +378,18 @@ def test_module_logic_segment_headless(case, tmp_path, monkeypatch):
     with pytest.raises(module.SegmentationExistsError):
         logic.segment(volume, segmentation_node=seg)
     logic.segment(volume, segmentation_node=seg, replace_existing=True)
+    # options as one object plus keyword overrides; the child gets them by their declared flags
+    from LiverTumorSegCore.job import SegmentationOptions
+    from LiverTumorSegLib.errors import ConfigError
+
+    monkeypatch.setenv("FAKE_CLI_ARGSFILE", str(tmp_path / "args.json"))
+    logic.segment(volume, SegmentationOptions.create(device="GPU", fill_holes=False), segmentation_node=seg,
+                  replace_existing=True, min_tumour_volume_ml=0.5)
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert args[args.index("--device") + 1] == "cuda" and "--no-fill-holes" in args
+    assert args[args.index("--min-tumour-ml") + 1] == "0.5" and "--fast" not in args
+    with pytest.raises(ConfigError, match="largestComponent"):
+        logic.segment(volume, segmentation_node=seg, replace_existing=True, largestComponent=False)
 
 
 @pytest.mark.slow
