@@ -4,9 +4,10 @@ The network runs out of process (``PythonSlicer -m LiverTumorSegLib segment``), 
 out-of-memory kill cannot take Slicer down and a run can be cancelled. Everything that touches
 MRML lives in the Qt-free ``LiverTumorSegCore`` package next to this file; this file only wires
 the GUI. Nothing heavy is imported at module load: of the library only its light modules
-(segment terminology, errors) are loaded; torch and the network code are used only by the
+(segment terminology, errors, run options) are loaded; torch and the network code are used only by the
 child process (and by the self-test).
 """
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -99,6 +100,8 @@ class LiverTumorSegParameterNode:
 
     inputVolume / outputSegmentation / roi / reportTable: nodes. device: auto, GPU or CPU.
     model: "default" (bundled) or the file name (without extension) of an imported model.
+    The algorithm options map to the library's by ``LiverTumorSegCore.job.PARAMETER_NODE_OPTIONS``
+    (a test checks that every library option is mapped there or listed as hidden).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -359,11 +362,10 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                             name=segmentation.GetName())):
                     return
                 replace = True
-            job = self.logic.createJob(
-                p.inputVolume, segmentation, model=p.model, device=p.device, fast=p.fast, roiNode=p.roi,
-                tableNode=p.reportTable, replace_existing=replace,
-                largestComponent=p.keepLargestLiverComponent, tumoursInsideLiver=p.tumoursInsideLiver,
-                fillHoles=p.fillHoles, minTumourVolumeMl=p.minTumourVolumeMl)
+            from LiverTumorSegCore.job import SceneOptions
+
+            job = self.logic.createJob(p.inputVolume, self.logic.optionsFromParameterNode(p), SceneOptions(
+                segmentation_node=segmentation, roi_node=p.roi, table_node=p.reportTable, replace_existing=replace))
             job.prepare()
             job.start()
             self._job = job
@@ -607,43 +609,56 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
             slicer.util.pip_install(args)
 
     # ------------------------------------------------------------------ segmentation
-    def createJob(self, volumeNode, segmentationNode=None, model=None, device="auto", fast=False, roiNode=None,
-                  tableNode=None, replace_existing=False, largestComponent=True, tumoursInsideLiver=True,
-                  fillHoles=True, minTumourVolumeMl=None, show3d=True, createTable=True):
-        from LiverTumorSegCore.job import SegmentationJob, SegmentationOptions
+    def optionsFromParameterNode(self, parameterNode):
+        """The run's options from the parameter node, through the one name table
+        (``PARAMETER_NODE_OPTIONS``: camelCase parameter -> library option)."""
+        from LiverTumorSegCore.job import PARAMETER_NODE_OPTIONS, SegmentationOptions
 
-        options = SegmentationOptions(
-            model=self.resolveModel(model), device=device, fast=bool(fast),
-            largest_component=bool(largestComponent), tumour_in_liver=bool(tumoursInsideLiver),
-            fill_holes=bool(fillHoles),
-            min_tumour_ml=None if minTumourVolumeMl is None else float(minTumourVolumeMl))
-        return SegmentationJob(volumeNode, segmentationNode, options=options, roi_node=roiNode, table_node=tableNode,
-                               replace_existing=replace_existing, python_executable=self.pythonExecutable(),
-                               command_prefix=self.commandPrefix, show3d=show3d, create_table=createTable)
+        values = {option: getattr(parameterNode, name) for name, option in PARAMETER_NODE_OPTIONS.items()}
+        return SegmentationOptions.create(model=parameterNode.model, **values)
 
-    def segment(self, volumeNode, segmentationNode=None, model=None, device="auto", fast=False, roiNode=None,
-                tableNode=None, replace_existing=False, largestComponent=True, tumoursInsideLiver=True,
-                fillHoles=True, minTumourVolumeMl=None, show3d=True, progressCallback=None, timeout=None,
-                checkDependencies=True):
+    def createJob(self, volumeNode, options=None, scene=None):
+        """A job for ``volumeNode``: ``options`` (SegmentationOptions: model and algorithm
+        options) say what to compute, ``scene`` (SceneOptions: nodes to write, replace, show)
+        where the result goes. ``options.model`` may be an imported model's name."""
+        from LiverTumorSegCore.job import SceneOptions, SegmentationJob, SegmentationOptions
+
+        options = options or SegmentationOptions()
+        options = dataclasses.replace(options, model=self.resolveModel(options.model))
+        return SegmentationJob(volumeNode, options=options, python_executable=self.pythonExecutable(),
+                               command_prefix=self.commandPrefix, **(scene or SceneOptions()).job_arguments())
+
+    def segment(self, volumeNode, options=None, progressCallback=None, *, scene=None, timeout=None,
+                checkDependencies=True, **overrides):
         """Segment liver and liver tumours in ``volumeNode``; one blocking call.
 
-        Writes the result into ``segmentationNode`` (created when None; an existing node with
-        segments needs ``replace_existing=True``) and a report table; returns the report dict
+        ``options``: a SegmentationOptions (default: the library's defaults and the bundled
+        model); keyword ``overrides`` change it by name: ``model`` (None = bundled, a
+        .safetensors path or an imported model's name), any library option (``device="GPU"``,
+        ``fast=True``, ``fill_holes=False``, ``min_tumour_volume_ml=0.5``, ...), or a scene
+        setting of SceneOptions (``segmentation_node``, ``roi_node``, ``table_node``,
+        ``replace_existing``, ``show3d``), which may also come whole as ``scene``.
+        Writes the result into the segmentation node (created when None; one with segments
+        needs ``replace_existing=True``) and a report table; returns the report dict
         (liver_volume_ml, tumour_count, tumours, tumour_burden_percent, ...; node IDs under
-        ``report["slicer"]``). ``model``: None (bundled), a .safetensors path or an imported
-        model's name. ``device``: "auto", "GPU"/"cuda" or "CPU". ``progressCallback(event)``
-        may return True to cancel. On any failure the scene is left unchanged.
+        ``report["slicer"]``). ``progressCallback(event)`` may return True to cancel. On any
+        failure the scene is left unchanged.
         """
+        from LiverTumorSegCore.job import SceneOptions, SegmentationOptions
+
+        if options is not None and not isinstance(options, SegmentationOptions):
+            raise TypeError("options must be a SegmentationOptions (give nodes by keyword: segmentation_node=...)")
+        sceneNames = {f.name for f in dataclasses.fields(SceneOptions)}
+        sceneOverrides = {k: overrides.pop(k) for k in list(overrides) if k in sceneNames}
+        scene = dataclasses.replace(scene or SceneOptions(), **sceneOverrides)
+        options = (options or SegmentationOptions()).with_overrides(**overrides)
         if checkDependencies and self.commandPrefix is None:
             missing = self.missingDependencies()
             if missing:
                 raise DependencyError(_("Missing Python packages: {packages}. Run "
                                         "slicer.util.getModuleLogic('LiverTumorSeg').installDependencies() "
                                         "or press Apply once in the module.").format(packages=", ".join(missing)))
-        job = self.createJob(volumeNode, segmentationNode, model=model, device=device, fast=fast, roiNode=roiNode,
-                             tableNode=tableNode, replace_existing=replace_existing,
-                             largestComponent=largestComponent, tumoursInsideLiver=tumoursInsideLiver,
-                             fillHoles=fillHoles, minTumourVolumeMl=minTumourVolumeMl, show3d=show3d)
+        job = self.createJob(volumeNode, options, scene)
         return job.run(callback=progressCallback, timeout=timeout)
 
 

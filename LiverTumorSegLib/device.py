@@ -61,8 +61,7 @@ def choose_cpu_threads(requested: Optional[int] = None) -> int:
     """Torch intra-op threads for a run: ``requested``, else the CPUs not already busy.
 
     On a CPU shared with other work, OpenMP threads that wait for each other at every layer
-    are much slower than fewer threads (measured: 2 threads 2-6x slower than 1 on a 2-core
-    machine with two other busy processes). So the default is the usable CPUs minus the
+    are much slower than fewer threads (see the README, "CPU speed"). So the default is the usable CPUs minus the
     1-minute load average (at least 1): all cores on an idle machine, fewer on a busy one.
     """
     if requested is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -30,7 +30,8 @@ import torch
 
 from .device import empty_cache, is_oom, resolve_device, set_cpu_threads
 from .errors import LiverTumorSegError
-from .postprocess import PostprocessOptions, postprocess_labels
+from .options import DEFAULT_WINDOW, PostprocessOptions, SegmentOptions  # noqa: F401 (re-exported)
+from .postprocess import postprocess_labels
 from .progress import ProgressEvent, ProgressReporter
 # The way back to the input grid lives in transforms.restore; argmax_labels/restore_labels are
 # re-exported here for callers that import them from inference (training's validation).
@@ -40,89 +41,6 @@ from .utils.regions import bounding_box
 # Share of the whole run per phase (the command line adds read/write around segment()).
 PHASE_WEIGHTS = {"read": 0.04, "preprocess": 0.08, "inference": 0.74, "restore": 0.07, "postprocess": 0.04,
                  "write": 0.03}
-
-
-DEFAULT_WINDOW = (48, 256, 256)
-
-
-@dataclass
-class SegmentOptions:
-    """How to run the network and which clean-up steps to apply.
-
-    ``window`` is the sliding window in network voxels (D, H, W) on the preprocessed grid
-    (1 mm slices, half in-plane resolution by default): 48 slices like the paper's training
-    crops, and 256 x 256 in plane, which covers a whole 512 x 512 CT slice after the 2x
-    in-plane down-sampling so that windows overlap only along z. Each window dimension is
-    clipped to the volume (a 3-slice CT runs one small window, not a padded one).
-    ``fast`` lowers the overlap to 0 (each voxel predicted once; faster, may show seams).
-    ``crop_to_body`` runs the network only on the bounding box of the body (voxels above
-    -190 HU, plus a margin); outside it is background. On abdominal CT this skips 30-50 % of
-    the network grid (the air around the patient).
-    """
-
-    window: Optional[tuple[int, int, int]] = None  # None: the model's own (sidecar), else DEFAULT_WINDOW
-    overlap: float = 0.25
-    sw_batch_size: int = 1
-    mode: str = "gaussian"
-    sigma_scale: float = 0.125
-    device: str = "auto"
-    amp: bool = True  # float16 autocast, CUDA only
-    fast: bool = False
-    threads: Optional[int] = None  # torch CPU threads; None = torch default capped to usable CPUs
-    channels_last: bool = False
-    crop_to_body: bool = True  # run the network only on the bounding box of the body (HU > -190)
-    largest_liver_component: bool = True
-    tumour_inside_liver: bool = True
-    min_tumour_volume_ml: float = 0.1
-    fill_holes: bool = True
-    return_probabilities: bool = False
-
-    def __post_init__(self) -> None:
-        if self.window is None:
-            return self._check()
-        self.window = tuple(int(w) for w in self.window)  # type: ignore[assignment]
-        if len(self.window) != 3 or any(w < 1 for w in self.window):
-            raise LiverTumorSegError(f"window must be three positive sizes (D H W), got {self.window}")
-        self._check()
-
-    def _check(self) -> None:
-        if not 0.0 <= float(self.overlap) < 1.0:
-            raise LiverTumorSegError(f"overlap must be in [0, 1), got {self.overlap}")
-        if int(self.sw_batch_size) < 1:
-            raise LiverTumorSegError(f"batch size must be >= 1, got {self.sw_batch_size}")
-        if self.mode not in ("gaussian", "constant"):
-            raise LiverTumorSegError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
-        if self.min_tumour_volume_ml < 0 or not math.isfinite(self.min_tumour_volume_ml):
-            raise LiverTumorSegError(f"minimum tumour volume must be >= 0 mL, got {self.min_tumour_volume_ml}")
-
-    def for_model(self, metadata: Optional[dict]) -> "SegmentOptions":
-        """A copy whose window is the user's, else the model's recommended one, else the default.
-
-        A model trained on small patches predicts best on windows of that size (instance
-        normalisation and the Mamba sequence see what they saw in training), so its sidecar
-        may carry ``inference.window``.
-        """
-        if self.window is not None:
-            return self
-        window = ((metadata or {}).get("inference") or {}).get("window") or DEFAULT_WINDOW
-        return replace(self, window=tuple(int(w) for w in window))
-
-    @property
-    def effective_overlap(self) -> float:
-        return 0.0 if self.fast else float(self.overlap)
-
-    def postprocess_options(self) -> PostprocessOptions:
-        return PostprocessOptions(
-            largest_liver_component=self.largest_liver_component,
-            tumour_inside_liver=self.tumour_inside_liver,
-            fill_holes=self.fill_holes,
-            min_tumour_volume_ml=float(self.min_tumour_volume_ml),
-        )
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["window"] = None if self.window is None else list(self.window)
-        return d
 
 
 @dataclass
@@ -356,7 +274,7 @@ def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, 
     t = time.perf_counter()
     reporter.report("postprocess", 0.0, "cleaning up")
     spacing_zyx = tuple(float(s) for s in image.GetSpacing()[::-1])
-    labels, pp_info = postprocess_labels(labels, spacing_zyx, opts.postprocess_options())
+    labels, pp_info = postprocess_labels(labels, spacing_zyx, opts.postprocess)
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(image)
     timings["postprocess"] = time.perf_counter() - t

@@ -51,6 +51,8 @@ from scipy import ndimage
 
 from .utils.regions import bounding_box, max_diameter  # noqa: F401 (max_diameter: public here too)
 
+from .errors import ConfigError
+
 METRIC_NAMES = ("dice", "voe", "rvd", "asd", "hd95")
 REGIONS = ("liver", "tumor")
 HD95_MODES = ("pooled", "max_directed")
@@ -75,9 +77,9 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> Tuple[float, ...]:
     if len(sp) == 1 and ndim > 1:
         sp = sp * ndim
     if len(sp) != ndim:
-        raise ValueError(f"spacing has {len(sp)} values for a {ndim}-D array")
+        raise ConfigError(f"spacing has {len(sp)} values for a {ndim}-D array")
     if not all(math.isfinite(s) and s > 0 for s in sp):
-        raise ValueError(f"spacing must be positive and finite, got {sp}")
+        raise ConfigError(f"spacing must be positive and finite, got {sp}")
     return sp
 
 
@@ -85,7 +87,7 @@ def _check_pair(pred: np.ndarray, ref: np.ndarray) -> Tuple[np.ndarray, np.ndarr
     pred = np.asarray(pred)
     ref = np.asarray(ref)
     if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+        raise ConfigError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     return pred, ref
 
 
@@ -105,12 +107,12 @@ def surface(mask: np.ndarray) -> np.ndarray:
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
     """Directed surface distances in mm: ``(d(S(P)->S(G)), d(S(G)->S(P)))``.
 
-    Both masks must be non-empty (``ValueError`` otherwise).
+    Both masks must be non-empty (``ConfigError``, a ValueError, otherwise).
     """
     pred, ref = _check_pair(np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool))
     sp = _check_spacing(spacing, pred.ndim)
     if not pred.any() or not ref.any():
-        raise ValueError("surface distances need two non-empty masks")
+        raise ConfigError("surface distances need two non-empty masks")
     box = bounding_box(pred | ref, margin=1)
     p, g = pred[box], ref[box]
     sp_, sg = surface(p), surface(g)
@@ -134,9 +136,9 @@ def binary_metrics(
 ) -> Dict[str, Optional[float]]:
     """Dice, VOE, RVD, ASD, HD95 of two binary masks (see the module docstring)."""
     if hd95_mode not in HD95_MODES:
-        raise ValueError(f"hd95_mode must be one of {HD95_MODES}, got {hd95_mode!r}")
+        raise ConfigError(f"hd95_mode must be one of {HD95_MODES}, got {hd95_mode!r}")
     if asd_mode not in ASD_MODES:
-        raise ValueError(f"asd_mode must be one of {ASD_MODES}, got {asd_mode!r}")
+        raise ConfigError(f"asd_mode must be one of {ASD_MODES}, got {asd_mode!r}")
     p, g = _check_pair(np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool))
     sp = _check_spacing(spacing, p.ndim)
     n_p = int(np.count_nonzero(p))
@@ -202,7 +204,7 @@ def size_stratum(diameter_vox: float) -> str:
     for name, lo, hi in SIZE_STRATA:
         if lo <= diameter_vox < hi:
             return name
-    raise ValueError(f"diameter must be >= 0, got {diameter_vox}")
+    raise ConfigError(f"diameter must be >= 0, got {diameter_vox}")
 
 
 def tumour_analysis(
@@ -234,10 +236,10 @@ def tumour_analysis(
     pred, ref = _check_pair(pred, ref)
     sp = np.asarray(_check_spacing(spacing, ref.ndim))
     if ref.ndim != 3:
-        raise ValueError("tumour analysis needs 3-D label maps")
+        raise ConfigError("tumour analysis needs 3-D label maps")
     rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
     if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+        raise ConfigError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     structure = ndimage.generate_binary_structure(3, rank)
     g_lab, n_g = ndimage.label(ref == 2, structure=structure)
     p_lab, n_p = ndimage.label(pred == 2, structure=structure)

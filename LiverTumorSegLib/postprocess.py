@@ -22,28 +22,17 @@ tumour). Connected components use full (26-) connectivity in 3D. The steps, in t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .utils.regions import bounding_box
+from .options import PostprocessOptions  # noqa: F401 (declared there, re-exported)
+from .utils.options import with_overrides
 
 BACKGROUND, LIVER, TUMOUR = 0, 1, 2
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
-
-
-@dataclass
-class PostprocessOptions:
-    largest_liver_component: bool = True
-    tumour_inside_liver: bool = True
-    fill_holes: bool = True
-    min_tumour_volume_ml: float = 0.1
-    max_hole_area_mm2: float = 150.0  # 2D holes filled per slice by fill_holes (0: 3D cavities only)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -97,7 +86,7 @@ def postprocess_labels(
     """
     opts = options or PostprocessOptions()
     if overrides:
-        opts = PostprocessOptions(**{**opts.to_dict(), **overrides})
+        opts = with_overrides(opts, **overrides)
     if labels.ndim != 3:
         raise ValueError(f"expected a 3D label array, got shape {labels.shape}")
     out = np.asarray(labels).astype(np.uint8, copy=True)

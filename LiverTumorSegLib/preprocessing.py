@@ -37,14 +37,16 @@ network voxels as staircase blocks and alias thin structures.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import ConfigError
 from .geometry import Geometry, axis_permutation, canonical_grid, geometry_of, physical_axis_spacing, reorient_to_lps_identity
 from .transforms.restore import resample_labels, resample_probabilities
+from .utils.config import check_known_keys, dataclass_from_dict, dataclass_to_dict
 
 INTERPOLATIONS = ("bspline", "linear", "nearest")
 
@@ -68,39 +70,36 @@ class PreprocessingConfig:
             if v is None and allow_none:
                 return
             if v is None or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"preprocessing {name} must be a positive number, got {v!r}")
+                raise ConfigError(f"preprocessing {name} must be a positive number, got {v!r}")
 
         for name in ("hu_min", "hu_max"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"preprocessing {name} must be a number, got {v!r}")
+                raise ConfigError(f"preprocessing {name} must be a number, got {v!r}")
         if self.hu_max <= self.hu_min:
-            raise ValueError(f"preprocessing hu_max ({self.hu_max}) must be above hu_min ({self.hu_min})")
+            raise ConfigError(f"preprocessing hu_max ({self.hu_max}) must be above hu_min ({self.hu_min})")
         _pos("inplane_factor", self.inplane_factor)
         _pos("inplane_spacing", self.inplane_spacing, allow_none=True)
         _pos("z_spacing", self.z_spacing, allow_none=True)
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"preprocessing interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise ConfigError(f"preprocessing interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "PreprocessingConfig":
-        """From a dict (e.g. a weights sidecar); unknown keys raise ValueError, since a model
+        """From a dict (e.g. a weights sidecar); unknown keys raise ConfigError, since a model
         must never be run with a preprocessing that differs silently from its training."""
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown preprocessing keys: {', '.join(unknown)}")
+        check_known_keys(cls, d, "preprocessing")
         for k in ("hu_min", "hu_max", "inplane_factor", "inplane_spacing", "z_spacing"):
             if k in d and d[k] is not None and not isinstance(d[k], bool):
                 try:
                     d[k] = float(d[k])
                 except (TypeError, ValueError):
-                    raise ValueError(f"preprocessing {k} must be a number, got {d[k]!r}") from None
-        return cls(**d)
+                    raise ConfigError(f"preprocessing {k} must be a number, got {d[k]!r}") from None
+        return dataclass_from_dict(cls, d, "preprocessing", ignore=())
 
     def target_spacing(self, geometry: Geometry) -> tuple[float, float, float]:
         """Network-grid spacing (x, y, z) in mm for an input of this geometry."""

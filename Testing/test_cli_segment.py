@@ -70,7 +70,7 @@ def test_each_output_format_on_exactly_the_input_grid(case, capsys, tmp_path, ex
 
 
 def test_report_json_and_same_result_as_library(case, capsys, tmp_path):
-    from LiverTumorSegLib.inference import SegmentOptions, segment
+    from LiverTumorSegLib.inference import PostprocessOptions, SegmentOptions, segment
     from LiverTumorSegLib.weights import load_model
 
     out, rep = tmp_path / "seg.nii.gz", tmp_path / "report.json"
@@ -88,7 +88,7 @@ def test_report_json_and_same_result_as_library(case, capsys, tmp_path):
     assert r["postprocessing"]["options"]["min_tumour_volume_ml"] == 0
     assert r["compute"]["threads"] == 1
     lib = segment(case["image"], load_model(case["weights"]),
-                  SegmentOptions(device="cpu", min_tumour_volume_ml=0, fill_holes=False))
+                  SegmentOptions(device="cpu", postprocess=PostprocessOptions(min_tumour_volume_ml=0, fill_holes=False)))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
                                   sitk.GetArrayFromImage(lib.labelmap))
     assert r["tumour_count"] == lib.report["tumour_count"]
@@ -290,3 +290,54 @@ def test_real_dicom_folder(case, capsys, tmp_path, shared_data):
     np.testing.assert_allclose(lab.GetOrigin(), img.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(lab.GetDirection(), img.GetDirection(), atol=1e-6)
     assert json.loads(rep.read_text())["input"]["format"] == "dicom"
+
+
+# ------------------------------------------------------------------------------ options declared once
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Optional  # noqa: E402
+
+from LiverTumorSegLib.options import PostprocessOptions  # noqa: E402
+
+
+@dataclass
+class _WithNewOption:
+    """What another option costs: one field (here beside the nested post-processing options)."""
+
+    tumour_threshold: Optional[float] = field(default=None, metadata={
+        "cli": "--tumour-threshold", "help": "tumour where its probability is above this"})
+    postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
+
+
+def test_options_flags_come_from_the_fields_and_round_trip():
+    import argparse
+
+    from LiverTumorSegLib.errors import ConfigError
+    from LiverTumorSegLib.inference import SegmentOptions
+    from LiverTumorSegLib.utils.options import add_arguments, from_args, option_fields, to_cli_args, with_overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, SegmentOptions)
+    flags = {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    declared = {o.cli: o for o in option_fields(SegmentOptions).values() if o.cli}
+    assert set(flags) == set(declared) and all(a.help for a in flags.values())
+    assert {"--no-largest-component", "--min-tumour-ml", "--fast", "--window", "--device"} <= set(flags)
+    # options -> a child's argv -> parsed options is the identity; defaults need no flag
+    opts = with_overrides(SegmentOptions(), window=(8, 16, 16), overlap=0.5, sw_batch_size=3, device="cpu",
+                          fast=True, threads=2, crop_to_body=False, largest_liver_component=False,
+                          tumour_inside_liver=False, fill_holes=False, min_tumour_volume_ml=0.5)
+    argv = to_cli_args(opts)
+    assert from_args(SegmentOptions, parser.parse_args(argv)) == opts
+    assert to_cli_args(SegmentOptions()) == [] and from_args(SegmentOptions, parser.parse_args([])) == SegmentOptions()
+    assert opts.postprocess == PostprocessOptions(False, False, False, 0.5)
+    with pytest.raises(ConfigError, match="no command-line flag"):
+        to_cli_args(with_overrides(SegmentOptions(), max_hole_area_mm2=10.0))
+    with pytest.raises(ConfigError, match="unknown"):
+        with_overrides(SegmentOptions(), largest_component=False)
+    # a new option is one field: flag, type (Optional[float] -> finite float) and round trip
+    p2 = argparse.ArgumentParser()
+    add_arguments(p2, _WithNewOption)
+    new = from_args(_WithNewOption, p2.parse_args(["--tumour-threshold", "0.3", "--no-fill-holes"]))
+    assert new.tumour_threshold == 0.3 and new.postprocess.fill_holes is False
+    assert to_cli_args(new) == ["--tumour-threshold", "0.3", "--no-fill-holes"]
+    with pytest.raises(SystemExit):
+        p2.parse_args(["--tumour-threshold", "nan"])

@@ -10,7 +10,7 @@ from helpers_model import make_tiny_weights
 from LiverTumorSegLib import inference
 from LiverTumorSegLib.device import DeviceError, resolve_device
 from LiverTumorSegLib.errors import Cancelled, InputError, LiverTumorSegError
-from LiverTumorSegLib.inference import SegmentOptions, count_windows, segment
+from LiverTumorSegLib.inference import PostprocessOptions, SegmentOptions, count_windows, segment
 from LiverTumorSegLib.weights import load_model
 
 # threads=1: tiny windows gain nothing from threads, and on a shared CI machine two OpenMP
@@ -78,15 +78,15 @@ def test_tumour_only_prediction_is_removed_by_the_liver_constraint(weights_dir, 
     loaded = load_model(weights_dir["tumour"])
     r = segment(ct, loaded, SegmentOptions(device="cpu", threads=1))
     assert not sitk.GetArrayFromImage(r.labelmap).any()
-    r = segment(ct, loaded, SegmentOptions(device="cpu", threads=1, tumour_inside_liver=False))
+    r = segment(ct, loaded, SegmentOptions(device="cpu", threads=1, postprocess=PostprocessOptions(tumour_inside_liver=False)))
     assert (sitk.GetArrayFromImage(r.labelmap) == 2).all()
     assert r.report["tumour_count"] == 1
 
 
 def test_probabilities_sum_to_one_and_match_labels(weights_dir, ct):
     r = segment(ct, load_model(weights_dir["random"]),
-                SegmentOptions(device="cpu", threads=1, return_probabilities=True, largest_liver_component=False,
-                               tumour_inside_liver=False, fill_holes=False, min_tumour_volume_ml=0))
+                SegmentOptions(device="cpu", threads=1, return_probabilities=True, postprocess=PostprocessOptions(
+                    largest_liver_component=False, tumour_inside_liver=False, fill_holes=False, min_tumour_volume_ml=0)))
     p = r.probabilities
     assert p.shape == (3,) + sitk.GetArrayViewFromImage(ct).shape
     np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-4)
@@ -150,7 +150,7 @@ def test_count_windows_matches_monai():
 
 def test_options_validation():
     for bad in (dict(window=(0, 8, 8)), dict(overlap=1.0), dict(sw_batch_size=0), dict(mode="x"),
-                dict(min_tumour_volume_ml=-1)):
+                dict(postprocess=dict(min_tumour_volume_ml=-1))):
         with pytest.raises(LiverTumorSegError):
             SegmentOptions(**bad)
     assert SegmentOptions(fast=True).effective_overlap == 0.0

@@ -224,7 +224,7 @@ def test_bad_model_path_fails_before_running(case, tmp_path):
     from LiverTumorSegCore.job import SegmentationOptions
 
     before = scene_state(mrml.scene)
-    job = _job(volume, tmp_path, options=SegmentationOptions(model=str(tmp_path / "missing.safetensors")))
+    job = _job(volume, tmp_path, options=SegmentationOptions.create(model=str(tmp_path / "missing.safetensors")))
     with pytest.raises(ModelError, match="not found"):
         job.run()
     assert job.runner is None and scene_state(mrml.scene) == before
@@ -237,8 +237,8 @@ def test_run_out_of_process_with_stand_in_cli(case, tmp_path):
 
     before = {n.GetID() for n in [mrml.scene.GetNthNode(i) for i in range(mrml.scene.GetNumberOfNodes())]}
     events = []
-    job = _job(volume, tmp_path, options=SegmentationOptions(device="GPU", fast=True, fill_holes=False,
-                                                             min_tumour_ml=0.5))
+    job = _job(volume, tmp_path, options=SegmentationOptions.create(device="GPU", fast=True, fill_holes=False,
+                                                                    min_tumour_volume_ml=0.5))
     report = job.run(callback=events.append)
     kinds = [e["event"] for e in events]
     assert "progress" in kinds and kinds[-1] == "exit" and "done" in kinds
@@ -376,8 +376,20 @@ def test_module_logic_segment_headless(case, tmp_path, monkeypatch):
     seg = mrml.scene.GetNodeByID(report["slicer"]["segmentation_node_id"])
     _check_segmentation(mrml, seg, volume, labels, study)
     with pytest.raises(module.SegmentationExistsError):
-        logic.segment(volume, seg)
-    logic.segment(volume, seg, replace_existing=True)
+        logic.segment(volume, segmentation_node=seg)
+    logic.segment(volume, segmentation_node=seg, replace_existing=True)
+    # options as one object plus keyword overrides; the child gets them by their declared flags
+    from LiverTumorSegCore.job import SegmentationOptions
+    from LiverTumorSegLib.errors import ConfigError
+
+    monkeypatch.setenv("FAKE_CLI_ARGSFILE", str(tmp_path / "args.json"))
+    logic.segment(volume, SegmentationOptions.create(device="GPU", fill_holes=False), segmentation_node=seg,
+                  replace_existing=True, min_tumour_volume_ml=0.5)
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert args[args.index("--device") + 1] == "cuda" and "--no-fill-holes" in args
+    assert args[args.index("--min-tumour-ml") + 1] == "0.5" and "--fast" not in args
+    with pytest.raises(ConfigError, match="largestComponent"):
+        logic.segment(volume, segmentation_node=seg, replace_existing=True, largestComponent=False)
 
 
 @pytest.mark.slow
@@ -426,7 +438,7 @@ def test_end_to_end_with_the_real_cli_and_a_tiny_model(mrml, tmp_path):
     study = study_with_volume(mrml.scene, volume)
     # head bias (0, 5, 0): the model predicts liver everywhere -> a known answer on any grid
     weights = make_tiny_weights(tmp_path, head_bias=(0.0, 5.0, 0.0))
-    opts = SegmentationOptions(model=str(weights), device="cpu", fast=True)
+    opts = SegmentationOptions.create(model=str(weights), device="cpu", fast=True)
     events = []
     job = SegmentationJob(volume, options=opts, python_executable=sys.executable, work_dir=str(tmp_path))
     report = job.run(callback=events.append, timeout=240)

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import re
-import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -27,96 +27,91 @@ if str(MODULE_DIR) not in sys.path:
 
 
 # ------------------------------------------------------------------------------------------ CMake
-def _cmake_commands(text: str):
-    """(name, [args]) for each command of a CMake file (comments stripped, quotes honoured)."""
-    text = re.sub(r"#[^\n]*", "", text)
-    for m in re.finditer(r"(\w+)\s*\(((?:[^()]|\([^()]*\))*)\)", text, re.S):
-        yield m.group(1).lower(), shlex.split(m.group(2), posix=True)
+# The CMake files run in real CMake (script mode, ``cmake -P``): a prelude defines Slicer's
+# macros and the project-only commands as stubs that record their arguments, one
+# "KEY<TAB>value" line each; every other command is CMake's own, and a command CMake does not
+# know fails the run.
+_CMAKE_PRELUDE = r"""
+cmake_minimum_required(VERSION 3.16)
+function(_lts_record key)
+  foreach(value IN LISTS ARGN)
+    _file(APPEND "${LTS_RECORD}" "${key}\t${value}\n")
+  endforeach()
+endfunction()
+# Script mode refuses CONFIGURE_DEPENDS (a configure-time re-glob); everything else is CMake's file().
+macro(file)
+  set(_lts_file_args ${ARGN})
+  list(REMOVE_ITEM _lts_file_args CONFIGURE_DEPENDS)
+  _file(${_lts_file_args})
+endmacro()
+function(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(ARG "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(ARG_UNPARSED_ARGUMENTS OR ARG_KEYWORDS_MISSING_VALUES)
+    message(FATAL_ERROR "slicerMacroBuildScriptedModule: unexpected ${ARG_UNPARSED_ARGUMENTS}${ARG_KEYWORDS_MISSING_VALUES}")
+  endif()
+  _lts_record(NAME ${ARG_NAME})
+  _lts_record(SCRIPTS ${ARG_SCRIPTS})
+  _lts_record(RESOURCES ${ARG_RESOURCES})
+  if(ARG_WITH_GENERIC_TESTS)
+    _lts_record(WITH_GENERIC_TESTS ON)
+  endif()
+endfunction()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(ARG "" "SCRIPT" "" ${ARGN})
+  _lts_record(UNITTEST ${ARG_SCRIPT})
+endfunction()
+function(project name)
+  _lts_record(PROJECT ${name})
+endfunction()
+function(find_package)
+  string(REPLACE ";" " " args "${ARGN}")
+  _lts_record(FIND_PACKAGE "${args}")
+endfunction()
+function(add_subdirectory dir)
+  _lts_record(SUBDIRECTORY ${dir})
+endfunction()
+"""
 
 
-def _cmake_eval(cmake_file: Path, variables: dict) -> dict:
-    """A tiny CMake evaluator for what our module CMakeLists uses, run in file order: set,
-    get_filename_component ABSOLUTE, file(GLOB/GLOB_RECURSE [RELATIVE]), list(FILTER/APPEND),
-    foreach(IN LISTS) ... endforeach(), and the arguments of slicerMacroBuildScriptedModule."""
-    v = dict(variables)
-
-    def expand(s: str) -> str:
-        for _ in range(5):
-            s = re.sub(r"\$\{(\w+)\}", lambda m: ";".join(v[m.group(1)]) if isinstance(v.get(m.group(1)), list)
-                       else str(v.get(m.group(1), "")), s)
-        return s
-
-    def values(args):
-        out = []
-        for a in args:
-            out.extend(x for x in expand(a).split(";") if x)
-        return out
-
-    def run(commands):
-        i = 0
-        while i < len(commands):
-            name, args = commands[i]
-            if name == "foreach":
-                depth, j = 1, i + 1
-                while depth:
-                    depth += {"foreach": 1, "endforeach": -1}.get(commands[j][0], 0)
-                    j += 1
-                body = commands[i + 1:j - 1]
-                assert args[1:3] == ["IN", "LISTS"], args
-                for item in list(v.get(args[3], [])):
-                    v[args[0]] = item
-                    run(body)
-                i = j
-                continue
-            if name == "set":
-                v[args[0]] = values(args[1:])
-            elif name == "get_filename_component" and args[2] == "ABSOLUTE":
-                v[args[0]] = os.path.normpath(expand(args[1]))
-            elif name == "file" and args[0] in ("GLOB", "GLOB_RECURSE"):
-                rest = [a for a in args[2:] if a != "CONFIGURE_DEPENDS"]
-                rel = None
-                if rest and rest[0] == "RELATIVE":
-                    rel, rest = expand(rest[1]), rest[2:]
-                found = []
-                for pattern in (expand(p) for p in rest):
-                    base, glob = Path(pattern).parent, Path(pattern).name
-                    files = base.rglob(glob) if args[0] == "GLOB_RECURSE" else base.glob(glob)
-                    found += [str(f.relative_to(rel)) if rel else str(f) for f in files if f.is_file()]
-                v[args[1]] = sorted(found)
-            elif name == "list" and args[0] == "FILTER":
-                regex = expand(args[4])
-                v[args[1]] = [x for x in v.get(args[1], []) if bool(re.search(regex, x)) == (args[2] == "INCLUDE")]
-            elif name == "list" and args[0] == "APPEND":
-                v[args[1]] = list(v.get(args[1], [])) + values(args[2:])
-            elif name == "slicermacrobuildscriptedmodule":
-                macro, key = {}, None
-                for a in args:
-                    if a in ("NAME", "SCRIPTS", "RESOURCES", "WITH_GENERIC_TESTS"):
-                        key = a
-                        macro[key] = []
-                    else:
-                        macro[key] += values([a])
-                v["__macro__"] = macro
-            i += 1
-
-    text = re.sub(r"#[^\n]*", "", cmake_file.read_text())
-    commands = [(m.group(1).lower(), shlex.split(m.group(2), posix=True))
-                for m in re.finditer(r"(\w+)\s*\(((?:[^()]|\([^()]*\))*)\)", text, re.S)]
-    run(commands)
-    return v
+def _run_cmake(tmp: Path, cmake_file: Path, variables: dict, record_vars=()) -> dict:
+    """Run ``cmake_file`` with the stub prelude; returns {KEY: [values]} of the stubs' records
+    (and of ``record_vars``, the values of those variables afterwards)."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed (the CMake files are checked by running them in script mode)")
+    tmp.mkdir(parents=True, exist_ok=True)
+    record = tmp / "record.tsv"
+    record.write_text("")
+    sets = "".join(f'set({k} "{v}")\n' for k, v in {**variables, "LTS_RECORD": record}.items())
+    after = "".join(f'_lts_record({v} "${{{v}}}")\n' for v in record_vars)
+    script = tmp / "run.cmake"
+    script.write_text(_CMAKE_PRELUDE + sets + f'include("{cmake_file}")\n' + after)
+    out = subprocess.run([cmake, "-P", str(script)], capture_output=True, text=True, timeout=120, cwd=str(tmp))
+    assert out.returncode == 0, f"cmake -P {cmake_file.name} failed:\n{out.stdout}{out.stderr}"
+    recorded: dict = {}
+    for line in record.read_text().splitlines():
+        key, _, value = line.partition("\t")
+        recorded.setdefault(key, []).append(value)
+    return recorded
 
 
 @pytest.fixture(scope="module")
-def packaged():
-    binary = "/build/LiverTumorSeg"
-    v = _cmake_eval(MODULE_DIR / "CMakeLists.txt", {
-        "CMAKE_CURRENT_SOURCE_DIR": str(MODULE_DIR), "CMAKE_CURRENT_BINARY_DIR": binary,
-        "CMAKE_BINARY_DIR": "/build", "Slicer_QTSCRIPTEDMODULES_LIB_DIR": "lib/qt-scripted-modules"})
-    macro = v["__macro__"]
+def packaged(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cmake")
+    binary = tmp / "build" / "LiverTumorSeg"
+    macro = _run_cmake(tmp, MODULE_DIR / "CMakeLists.txt", {
+        "CMAKE_CURRENT_SOURCE_DIR": MODULE_DIR, "CMAKE_CURRENT_BINARY_DIR": binary,
+        "CMAKE_BINARY_DIR": tmp / "build", "Slicer_QTSCRIPTEDMODULES_LIB_DIR": "lib/qt-scripted-modules",
+        "BUILD_TESTING": "ON"})
+    assert macro.get("UNITTEST") == ["LiverTumorSeg.py"]
     scripts = set()
     for s in macro["SCRIPTS"]:
         # ctkMacroCompilePythonScript: relative -> module folder; absolute -> relative to the binary dir
-        scripts.add(os.path.relpath(s, binary) if os.path.isabs(s) else s)
+        if os.path.isabs(s):
+            assert Path(s).is_file(), f"CMake did not copy {s} into the build folder"
+            scripts.add(Path(os.path.relpath(s, binary)).as_posix())
+        else:
+            scripts.add(s)
     return macro, scripts
 
 
@@ -144,10 +139,19 @@ def test_cmake_packages_every_module_file(packaged):
     assert macro["NAME"] == ["LiverTumorSeg"] and "WITH_GENERIC_TESTS" in macro
 
 
-def test_top_level_cmake_metadata():
-    text = (REPO / "CMakeLists.txt").read_text()
-    cmds = list(_cmake_commands(text))
-    sets = {a[0]: " ".join(a[1:]) for n, a in cmds if n == "set"}
+def test_top_level_cmake_metadata(tmp_path):
+    generated = tmp_path / "generate_config.cmake"
+    generated.write_text('_lts_record(INCLUDED generate_config)\n')
+    cpack = tmp_path / "cpack.cmake"
+    cpack.write_text('_lts_record(INCLUDED cpack)\n')
+    use = tmp_path / "use_slicer.cmake"
+    use.write_text('_lts_record(INCLUDED use_slicer)\n')
+    keys = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+            "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS")
+    rec = _run_cmake(tmp_path, REPO / "CMakeLists.txt", {
+        "CMAKE_CURRENT_SOURCE_DIR": REPO, "Slicer_USE_FILE": use,
+        "Slicer_EXTENSION_GENERATE_CONFIG": generated, "Slicer_EXTENSION_CPACK": cpack}, record_vars=keys)
+    sets = {k: " ".join(rec.get(k, [])) for k in keys}
     assert sets["EXTENSION_CATEGORY"] == "Segmentation"
     assert sets["EXTENSION_DEPENDS"] == "PyTorch"
     assert sets["EXTENSION_HOMEPAGE"].startswith("https://github.com/")
@@ -155,9 +159,10 @@ def test_top_level_cmake_metadata():
         assert sets.get(key), key
     for url_key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         assert (REPO / "Resources" / sets[url_key].rsplit("/", 1)[-1]).is_file(), url_key
-    assert ("find_package", ["Slicer", "REQUIRED"]) in cmds
-    assert ("add_subdirectory", ["LiverTumorSeg"]) in cmds
-    assert "Slicer_EXTENSION_GENERATE_CONFIG" in text and "Slicer_EXTENSION_CPACK" in text
+    assert rec["PROJECT"] == ["LiverTumorSeg"]
+    assert rec["FIND_PACKAGE"] == ["Slicer REQUIRED"]
+    assert rec["SUBDIRECTORY"] == ["LiverTumorSeg"]
+    assert rec["INCLUDED"] == ["use_slicer", "generate_config", "cpack"]
 
 
 # ------------------------------------------------------------------------------------------ .ui
@@ -259,9 +264,11 @@ def _module_ast():
 
 HEAVY = {"torch", "monai", "LiverTumorSegLib", "SimpleITK", "scipy", "safetensors", "qt", "ctk"}
 #: The library modules the Slicer process may load: standard library only (segment terminology,
-#: errors, file helpers; the package ``__init__`` adds ``progress``). Everything else needs torch.
+#: errors, file helpers, the run options and their declaration helpers; the package ``__init__``
+#: adds ``progress``). Everything else of the library needs torch.
 LIGHT_LIBRARY = {"LiverTumorSegLib", "LiverTumorSegLib.errors", "LiverTumorSegLib.progress",
-                 "LiverTumorSegLib.terminology", "LiverTumorSegLib.utils", "LiverTumorSegLib.utils.files"}
+                 "LiverTumorSegLib.terminology", "LiverTumorSegLib.options", "LiverTumorSegLib.utils",
+                 "LiverTumorSegLib.utils.files", "LiverTumorSegLib.utils.options", "LiverTumorSegLib.utils.config"}
 
 
 def _top_level_imports(tree, allowed=frozenset()):
@@ -539,10 +546,10 @@ def test_gpu_warning_and_options():
     assert "No NVIDIA GPU" in gpu_warning("GPU", None)
     assert "only 4.0 GiB" in gpu_warning("auto", [4.0])
     assert gpu_warning("auto", [24.0]) == ""
-    assert SegmentationOptions(device="GPU").cli_device() == "cuda"
+    assert SegmentationOptions.create(device="GPU").segment.device == "cuda"
     with pytest.raises(ValueError):
-        SegmentationOptions(device="tpu").cli_device()
-    args = SegmentationOptions(largest_component=False, tumour_in_liver=False).cli_args()
+        SegmentationOptions.create(device="tpu")
+    args = SegmentationOptions.create(largest_liver_component=False, tumour_inside_liver=False).cli_args()
     assert "--no-largest-component" in args and "--no-tumour-in-liver" in args and "--model" not in args
     assert format_eta(75) == "1 min 15 s" and format_eta(None) == "" and format_eta(3700) == "1 h 01 min"
 
@@ -551,3 +558,26 @@ def test_batch_script_help_runs_without_slicer():
     out = subprocess.run([sys.executable, str(MODULE_DIR / "Scripts" / "batch_segment.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--input-folder" in out.stdout
+
+
+def test_parameter_node_option_table_is_complete():
+    """Every library option is either mapped from a parameter-node field (one table) or listed as
+    deliberately hidden; the mapped fields exist in the parameter node with the library's defaults."""
+    from LiverTumorSegCore.job import DEVICES, HIDDEN_OPTIONS, PARAMETER_NODE_OPTIONS
+    from LiverTumorSegLib.options import SegmentOptions
+    from LiverTumorSegLib.utils.options import option_fields
+
+    library = option_fields(SegmentOptions)
+    exposed = set(PARAMETER_NODE_OPTIONS.values())
+    assert len(exposed) == len(PARAMETER_NODE_OPTIONS), "two parameters set the same option"
+    assert not exposed & set(HIDDEN_OPTIONS), f"both exposed and hidden: {exposed & set(HIDDEN_OPTIONS)}"
+    assert exposed | set(HIDDEN_OPTIONS) == set(library), (
+        f"neither exposed nor hidden: {sorted(set(library) - exposed - set(HIDDEN_OPTIONS))}; "
+        f"not library options: {sorted((exposed | set(HIDDEN_OPTIONS)) - set(library))}")
+    node = next(n for n in _module_ast().body if isinstance(n, ast.ClassDef) and n.name == "LiverTumorSegParameterNode")
+    defaults = {s.target.id: ast.literal_eval(s.value) for s in node.body
+                if isinstance(s, ast.AnnAssign) and s.value is not None}
+    for name, option in PARAMETER_NODE_OPTIONS.items():
+        assert name in defaults, f"{name} is not a parameter-node field with a default"
+        value = DEVICES[defaults[name].lower()] if option == "device" else defaults[name]
+        assert value == library[option].default, (name, value, library[option].default)

@@ -7,9 +7,10 @@ node with terminology and reporting (:mod:`.mrml`), the models folder (:mod:`.mo
 dependency checks (:mod:`.deps`).
 
 Segment names, label values, colours and terminology codes come from the library
-(``LiverTumorSegLib.terminology``) and the errors build on ``LiverTumorSegLib.errors``. Importing
-this package loads only those light library modules (standard library only), never torch: the
-network runs in a child process.
+(``LiverTumorSegLib.terminology``), the errors build on ``LiverTumorSegLib.errors``, and the run
+options are the library's own (``LiverTumorSegLib.options``, passed to the child by their
+flags). Importing this package loads only those light library modules (standard library only),
+never torch: the network runs in a child process.
 """
 from __future__ import annotations
 

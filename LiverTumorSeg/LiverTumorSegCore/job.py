@@ -1,6 +1,6 @@
 """One segmentation run, from a volume node to a segmentation node and a report table, without Qt.
 
-    job = SegmentationJob(volumeNode, options=SegmentationOptions(device="cpu"))
+    job = SegmentationJob(volumeNode, options=SegmentationOptions.create(device="cpu"))
     job.prepare()            # checks + writes the input to a temporary .nrrd; no scene change
     job.start()              # PythonSlicer -m LiverTumorSegLib segment ... --progress jsonl
     while not job.finished:  # the widget does this from a QTimer
@@ -19,9 +19,13 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
+
+from LiverTumorSegLib.errors import ConfigError
+from LiverTumorSegLib.options import SegmentOptions  # pure Python: no torch in Slicer's process
+from LiverTumorSegLib.utils.options import to_cli_args, with_overrides
 
 from LiverTumorSegLib.utils.files import atomic_write_text  # stdlib only
 
@@ -31,42 +35,100 @@ from .runner import CANCELLED, FAILED, SUCCEEDED, ProcessRunner, default_python_
 
 DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu", "mps": "mps"}
 
+#: The module's parameter node (Slicer's camelCase, LiverTumorSeg.py) -> the library option
+#: (LiverTumorSegLib.options, snake_case) it sets. The ONE place the two spellings meet.
+PARAMETER_NODE_OPTIONS = {
+    "device": "device",
+    "fast": "fast",
+    "keepLargestLiverComponent": "largest_liver_component",
+    "tumoursInsideLiver": "tumour_inside_liver",
+    "fillHoles": "fill_holes",
+    "minTumourVolumeMl": "min_tumour_volume_ml",
+}
+
+#: Library options the module deliberately does not expose (the child uses their defaults).
+HIDDEN_OPTIONS = {
+    "window": "the model's recommended window (from its sidecar) fits it best",
+    "overlap": "the Fast switch covers the one trade-off users need (overlap 0)",
+    "sw_batch_size": "memory-sensitive; the child falls back on out-of-memory errors by itself",
+    "mode": "Gaussian blending is what the models are validated with",
+    "sigma_scale": "part of the validated blending",
+    "amp": "half precision on CUDA only, with an automatic fallback",
+    "threads": "the child uses the CPUs that are free",
+    "channels_last": "a speed experiment, not a user choice",
+    "crop_to_body": "always on: the air around the patient is background",
+    "max_hole_area_mm2": "a tuned constant of fill-holes, not a user choice",
+    "return_probabilities": "the child writes labels only",
+}
+
+
+def cli_device(device: Optional[str]) -> str:
+    """The command line's device for Slicer's spelling (``GPU`` -> ``cuda``); ConfigError if unknown."""
+    key = str(device or "auto").strip().lower()
+    if key not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}: use auto, GPU (cuda) or CPU")
+    return DEVICES[key]
+
 
 @dataclass
 class SegmentationOptions:
-    """What the command line gets. ``model`` None = the library's bundled default weights."""
+    """What the child process is asked to do: which weights, and the library's options.
+
+    ``model`` None = the library's bundled default weights. ``segment`` holds every algorithm
+    option by its library name; :meth:`cli_args` passes the ones that differ from the defaults
+    by the flags declared with them (LiverTumorSegLib.utils.options), so a new library option
+    needs no change here. Build it from keywords with :meth:`create`.
+    """
 
     model: Optional[str] = None
-    device: str = "auto"
-    fast: bool = False
-    largest_component: bool = True
-    tumour_in_liver: bool = True
-    fill_holes: bool = True
-    min_tumour_ml: Optional[float] = None  # None: the library's default
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
     extra_args: Sequence[str] = field(default_factory=tuple)
 
-    def cli_device(self) -> str:
-        key = str(self.device or "auto").strip().lower()
-        if key not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}: use auto, GPU (cuda) or CPU")
-        return DEVICES[key]
+    def __post_init__(self) -> None:
+        device = cli_device(self.segment.device)
+        if device != self.segment.device:
+            self.segment = replace(self.segment, device=device)
+
+    @classmethod
+    def create(cls, model: Optional[str] = None, extra_args: Sequence[str] = (), **options) -> "SegmentationOptions":
+        """From library option names (``fast=True, fill_holes=False, device="GPU"``, nested ones
+        included); unknown names raise ConfigError."""
+        if "device" in options:
+            options["device"] = cli_device(options["device"])
+        return cls(model=model, segment=with_overrides(SegmentOptions(), **options), extra_args=tuple(extra_args))
+
+    def with_overrides(self, model: Optional[str] = None, **options) -> "SegmentationOptions":
+        """A copy with ``model`` (when given) and the named library options replaced."""
+        if "device" in options:
+            options["device"] = cli_device(options["device"])
+        return replace(self, model=self.model if model is None else model,
+                       segment=with_overrides(self.segment, **options))
 
     def cli_args(self) -> List[str]:
-        args = ["--device", self.cli_device()]
-        if self.model:
-            args += ["--model", str(self.model)]
-        if self.fast:
-            args.append("--fast")
-        if not self.largest_component:
-            args.append("--no-largest-component")
-        if not self.tumour_in_liver:
-            args.append("--no-tumour-in-liver")
-        if not self.fill_holes:
-            args.append("--no-fill-holes")
-        if self.min_tumour_ml is not None:
-            args += ["--min-tumour-ml", repr(float(self.min_tumour_ml))]
-        args += [str(a) for a in self.extra_args]
-        return args
+        args = ["--model", str(self.model)] if self.model else []
+        return args + to_cli_args(self.segment) + [str(a) for a in self.extra_args]
+
+
+@dataclass
+class SceneOptions:
+    """The scene side of a run: which nodes it reads and writes, never passed to the child.
+
+    ``segmentation_node`` None creates one; a node with segments needs ``replace_existing``.
+    ``roi_node`` crops the input; ``table_node`` receives the report (created when None and
+    ``create_table``).
+    """
+
+    segmentation_node: Any = None
+    roi_node: Any = None
+    table_node: Any = None
+    replace_existing: bool = False
+    show3d: bool = True
+    create_table: bool = True
+    segmentation_name: Optional[str] = None
+
+    def job_arguments(self) -> dict:
+        """Keyword arguments of :class:`SegmentationJob` (nodes by reference, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def library_search_path(library: str = "LiverTumorSegLib") -> Optional[str]:
@@ -136,7 +198,6 @@ class SegmentationJob:
             if not path.with_suffix(".json").is_file():
                 raise ModelError(f"The sidecar {path.with_suffix('.json').name} (model configuration) is missing "
                                  f"next to {path.name}.")
-        self.options.cli_device()
 
     def prepare(self) -> None:
         self.check()

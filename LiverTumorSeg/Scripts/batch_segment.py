@@ -59,9 +59,8 @@ def main(argv=None):
     from LiverTumorSegCore.errors import ModuleError
     from LiverTumorSegCore.job import SegmentationOptions
 
-    options = SegmentationOptions(model=args.model, device=args.device, fast=args.fast)
     try:
-        options.cli_device()
+        options = SegmentationOptions.create(model=args.model, device=args.device, fast=args.fast)
         rows = run_batch(args.input_folder, args.output_folder, _scene(), options,
                          python_executable=_python_executable(), overwrite=args.overwrite,
                          timeout_per_case=args.timeout)

@@ -15,49 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from ..errors import InputError, LiverTumorSegError, OutputError
+from ..utils.files import check_output_path
 
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _overlap(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
-    return v
-
-
-def _non_negative(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v >= 0.0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
+_HINT = "use --overwrite to replace it"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..inference import SegmentOptions
+    from ..options import SegmentOptions
+    from ..utils.options import add_arguments
 
-    d = SegmentOptions()
     p = subparsers.add_parser(
         "segment",
         help="segment liver and liver tumours in a CT volume",
@@ -69,78 +40,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="labelmap to write: .nii.gz, .nii, .nrrd, .mha, or .seg.nrrd (Slicer segmentation)")
     p.add_argument("--model", default=None, metavar="WEIGHTS",
                    help="weights .safetensors (with its .json sidecar); default: the bundled model")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="compute device (default: auto = cuda > mps > cpu)")
     p.add_argument("--report", default=None, metavar="REPORT.json", help="also write the JSON report here")
     p.add_argument("--overwrite", action="store_true", help="replace existing output/report files")
-    p.add_argument("--window", nargs=3, type=_positive_int, metavar=("D", "H", "W"), default=None,
-                   help="sliding window in network voxels (default: the model's recommended window, else 48 256 256)")
-    p.add_argument("--overlap", type=_overlap, default=None, help=f"window overlap in [0, 1) (default: {d.overlap})")
-    p.add_argument("--batch", type=_positive_int, default=d.sw_batch_size, help="windows per network call")
-    p.add_argument("--fast", action="store_true", help="no window overlap: faster, may show seams")
-    p.add_argument("--no-largest-component", action="store_true",
-                   help="keep every liver component, not only the largest")
-    p.add_argument("--no-tumour-in-liver", action="store_true", help="keep tumour voxels outside the liver region")
-    p.add_argument("--min-tumour-ml", type=_non_negative, default=d.min_tumour_volume_ml, metavar="ML",
-                   help=f"drop tumours smaller than this (mL; 0 keeps all; default: {d.min_tumour_volume_ml})")
-    p.add_argument("--no-fill-holes", action="store_true", help="do not fill enclosed holes of the liver")
-    p.add_argument("--no-body-crop", action="store_true",
-                   help="run the network on the whole field of view, not only on the body's bounding box")
     p.add_argument("--series-uid", default=None, metavar="UID", help="DICOM series to read when a folder holds several")
     p.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"],
                    help="progress on stderr as a bar (default), JSON lines on stdout, or none")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all usable)")
+    # Every algorithm option (--device, --window, --fast, --no-fill-holes, ...) comes from the
+    # SegmentOptions / PostprocessOptions fields' metadata: one declaration (LiverTumorSegLib.options).
+    add_arguments(p.add_argument_group("segmentation options"), SegmentOptions)
     p.set_defaults(func=run)
 
 
-def _writable_folder(path: Path) -> None:
-    """The nearest existing ancestor of ``path`` must be a folder we can create files in.
-
-    Probed by creating (and removing) a temporary file: permission bits alone say nothing for
-    root, read-only mounts or special file systems.
-    """
-    probe = path.parent if str(path.parent) else Path(".")
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OutputError(f"cannot write {path}: {probe} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=probe, prefix=".livertumorseg-probe-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: folder {probe} is not writable ({exc.strerror or exc})") from None
-
-
-def check_output_path(path: Path, overwrite: bool, what: str = "output") -> None:
-    """Raise OutputError now (before any heavy work) if ``path`` cannot be written."""
-    if path.is_dir():
-        raise OutputError(f"{what} {path} is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{what} {path} already exists (use --overwrite to replace it)")
-    _writable_folder(path)
-
-
 def options_from_args(args: argparse.Namespace):
-    from ..inference import SegmentOptions
+    from ..options import SegmentOptions
+    from ..utils.options import from_args
 
-    kw = dict(
-        device=args.device,
-        sw_batch_size=args.batch,
-        fast=bool(args.fast),
-        threads=args.threads,
-        largest_liver_component=not args.no_largest_component,
-        tumour_inside_liver=not args.no_tumour_in_liver,
-        min_tumour_volume_ml=float(args.min_tumour_ml),
-        fill_holes=not args.no_fill_holes,
-        crop_to_body=not args.no_body_crop,
-    )
-    if args.window is not None:
-        kw["window"] = tuple(args.window)
-    if args.overlap is not None:
-        kw["overlap"] = args.overlap
-    return SegmentOptions(**kw)
+    return from_args(SegmentOptions, args)
 
 
 class _Bar:
@@ -205,11 +120,11 @@ def _run(args: argparse.Namespace, jsonl: bool) -> int:
     output_format(output)  # OutputError for an unsupported extension
     if output.resolve() == input_path.resolve():
         raise OutputError("output would replace the input image")
-    check_output_path(output, args.overwrite, "output")
+    check_output_path(output, args.overwrite, create_folder=False, what="output", hint=_HINT)
     if report_path is not None:
         if report_path.resolve() == output.resolve():
             raise OutputError("report and output are the same file")
-        check_output_path(report_path, args.overwrite, "report")
+        check_output_path(report_path, args.overwrite, create_folder=False, what="report", hint=_HINT)
     options = options_from_args(args)
 
     bar = None

@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LiverTumorSegError
+from ..errors import ConfigError
+from ..utils.config import check_known_keys, dataclass_from_dict, dataclass_to_dict
 
 GFR_KINDS = ("none", "mamba", "mhsa")
 CODEBOOK_INITS = ("data", "normal")
@@ -62,27 +63,27 @@ class ModelConfig:
     def validate(self) -> None:
         """Reject inconsistent settings early, with a one-line reason."""
         if self.in_channels < 1 or self.out_channels < 1:
-            raise LiverTumorSegError("in_channels and out_channels must be >= 1")
+            raise ConfigError("in_channels and out_channels must be >= 1")
         if self.arch != "hybrid_unet":
             return
         if len(self.features) < 2 or any(f < 1 for f in self.features):
-            raise LiverTumorSegError(
+            raise ConfigError(
                 f"features must list >= 2 positive widths (one per level), got {self.features}"
             )
         if self.gfr not in GFR_KINDS:
-            raise LiverTumorSegError(f"gfr must be one of {GFR_KINDS}, got {self.gfr!r}")
+            raise ConfigError(f"gfr must be one of {GFR_KINDS}, got {self.gfr!r}")
         if self.codebook_init not in CODEBOOK_INITS:
-            raise LiverTumorSegError(
+            raise ConfigError(
                 f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}"
             )
         if self.codebook_size < 1:
-            raise LiverTumorSegError(f"codebook_size must be >= 1, got {self.codebook_size}")
+            raise ConfigError(f"codebook_size must be >= 1, got {self.codebook_size}")
         if self.commitment < 0:
-            raise LiverTumorSegError(f"commitment must be >= 0, got {self.commitment}")
+            raise ConfigError(f"commitment must be >= 0, got {self.commitment}")
         if not 0.0 <= self.codebook_decay < 1.0:
-            raise LiverTumorSegError(f"codebook_decay must be in [0, 1), got {self.codebook_decay}")
+            raise ConfigError(f"codebook_decay must be in [0, 1), got {self.codebook_decay}")
         if self.gfr == "mhsa" and self.features[-1] % self.num_heads:
-            raise LiverTumorSegError(
+            raise ConfigError(
                 f"bottleneck width {self.features[-1]} is not divisible by num_heads={self.num_heads}"
             )
 
@@ -93,23 +94,14 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        d["features"] = list(self.features)
-        return d
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error (they signal a newer format)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise LiverTumorSegError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "model config", ignore=())
 
     def replace(self, **overrides: Any) -> "ModelConfig":
         """A copy with some fields changed (validated, unknown names rejected)."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise LiverTumorSegError(f"unknown model config fields: {', '.join(unknown)}")
+        check_known_keys(self, overrides, "model config")
         return dataclasses.replace(self, **overrides)

@@ -7,30 +7,26 @@ path not switched off. Training (autograd on), CUDA/MPS and other dtypes run the
 modules unchanged. No parameter, buffer or module is added: state dicts are unaffected, and
 logits agree with the plain path to ~2e-6 of their largest magnitude (float32 rounding).
 
-Where the time goes, one thread, 1x1x48x256x256 window (ratios fast/plain of the single op,
-measured alternately in one process; ``training/benchmarks/bench_model_cpu.py`` times the
-whole network, 0.48 = 2.1x faster):
+What it changes (``training/benchmarks/bench_model_cpu.py`` times the whole network against
+the plain path; the measured ratios are in the README, "CPU speed"):
 
 * channels-last-3d activations (N, D, H, W, C in memory) through the whole network: oneDNN
-  convolutions then need no reorder of input and output (3x3x3 at full resolution
-  0.46-0.66), max pooling and the transposed convolution have fast channels-last kernels
-  (0.2, 0.26);
+  convolutions then need no reorder of input and output, and max pooling and the transposed
+  convolution have fast channels-last kernels;
 * every convolution goes to oneDNN (``torch.mkldnn_convolution``): PyTorch's heuristic sends
   small ``N*C*D*H`` (bottleneck, 1-channel input) and some dilated convolutions to its slow
-  reference path (0.15-0.2 there); 1x1x1 convolutions too (0.85 of a matrix product; PyTorch's
-  own conv path for them is 4x slower than that in channels-last). The 1-channel input gets a
-  zero-weighted second channel so that oneDNN answers channels-last (0.6 of NC + convert);
+  reference path; 1x1x1 convolutions too. The 1-channel input gets a zero-weighted second
+  channel so that oneDNN answers channels-last;
 * InstanceNorm + LeakyReLU in place from exact two-pass statistics (mean, then the sum of
-  centred squares in float32, blocked; relative error ~1e-7 like PyTorch's): 0.26 of
-  ``instance_norm`` + ``leaky_relu`` (PyTorch's CPU statistics loop is scalar, and its output
-  is a fresh tensor);
+  centred squares in float32, blocked; relative error ~1e-7 like PyTorch's): PyTorch's CPU
+  statistics loop is scalar, and its output is a fresh tensor;
 * no concatenations: the MCE fusion is two matrix products accumulated into one output (its
   global branch is skipped: InstanceNorm cancels it, see ``MultiScaleContext``), the decoder's
-  first conv over ``cat([skip, up])`` is ``conv_skip(skip) + conv_up(up)`` (0.9).
+  first conv over ``cat([skip, up])`` is ``conv_skip(skip) + conv_up(up)``.
 
-About a quarter of what remains is page faults on fresh activation memory (large tensors are
-new ``mmap`` s each time); ``THP_MEM_ALLOC_ENABLE=1`` in the environment before torch is
-imported (transparent huge pages for PyTorch's CPU allocator) measured 0.75 of the fast path.
+Part of what remains is page faults on fresh activation memory (large tensors are new
+``mmap`` s each time); ``THP_MEM_ALLOC_ENABLE=1`` in the environment before torch is imported
+(transparent huge pages for PyTorch's CPU allocator; the command line sets it) reduces them.
 
 Switch off with the environment variable ``LTS_FASTOPS=0`` or :func:`set_enabled` /
 :func:`enabled` (the plain path is exactly the previous implementation).
@@ -120,8 +116,8 @@ def _is_pointwise(conv: nn.Conv3d) -> bool:
 
 
 def pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """1x1x1 convolution in ``x``'s layout: oneDNN on channels-last input (1.2x faster there
-    than a matrix product), a matrix product over channels on NC input (PyTorch's own conv
+    """1x1x1 convolution in ``x``'s layout: oneDNN on channels-last input (faster there than a
+    matrix product), a matrix product over channels on NC input (PyTorch's own conv
     path for 1x1x1 is the slow reference one at one thread). ``weight`` is (C_out, C_in, 1,
     1, 1) or (C_out, C_in)."""
     x = _dense(x)

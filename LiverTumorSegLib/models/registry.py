@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import LiverTumorSegError
+from ..errors import ConfigError
 from .config import ModelConfig
 from .unet import HybridUNet
 
@@ -39,7 +39,7 @@ def config_for(name: str = "full", **overrides: Any) -> ModelConfig:
         return ModelConfig().replace(**{**_PRESETS[name], **overrides})
     if name in _comparator_names():
         return ModelConfig(arch=name).replace(**overrides)
-    raise LiverTumorSegError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    raise ConfigError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 
 
 def build_model_from_config(config: ModelConfig | dict[str, Any]) -> nn.Module:

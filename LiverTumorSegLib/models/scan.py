@@ -147,7 +147,7 @@ def _bc_slice(X5: Tensor, t0: int, t1: int) -> Tensor:
 
 
 def _sum_n(a: Tensor, b: Tensor) -> Tensor:
-    """sum over the state axis of a * b; a matmul reduces 16-wide rows ~2x faster than sum."""
+    """sum over the state axis of a * b; a matmul reduces 16-wide rows faster than sum."""
     prod = a * b
     return (prod @ prod.new_ones(prod.shape[-1], 1)).squeeze(-1)
 
@@ -325,9 +325,9 @@ class _SelectiveScanFn(torch.autograd.Function):
 def choose_method(batch: int, dim: int, L: int, dstate: int) -> Tuple[str, int]:
     """(method, chunk_size) for a problem size, from CPU measurements (bench_scan.py).
 
-    The chunked scan won at every measured shape (d 64-512, L 768-6144, batch 1-10; 3-7x
-    the reference forward, far more with backward). Chunks of 32 tokens were as fast as or
-    faster than 16/64/128: long enough that the dozen ops per chunk cost little, short
+    The chunked scan won at every measured shape (d 64-512, L 768-6144, batch 1-10; numbers
+    in training/benchmarks/README.md). Chunks of 32 tokens were as fast as or faster than
+    16/64/128: long enough that the dozen ops per chunk cost little, short
     enough to stay in cache, and the strong-decay cuts shorten them anyway. Up to 32 tokens
     this is a single window (the ``logspace`` formula).
     """

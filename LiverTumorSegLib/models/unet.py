@@ -29,8 +29,8 @@ liver *region* includes the tumour, so P(liver region) = p1 + p2 and P(tumour) =
 ``losses.region_probabilities``, the single definition used elsewhere).
 
 CPU inference (float32, autograd off) runs channels-last-3d through :mod:`.fastops` (same
-parameters, same logits to float32 rounding; 2.1x faster for a 48x256x256 window at one
-thread); the logits are returned contiguous either way. ``LTS_FASTOPS=0`` switches it off.
+parameters, same logits to float32 rounding; timed by ``training/benchmarks/bench_model_cpu.py``,
+measured numbers in the README); the logits are returned contiguous either way. ``LTS_FASTOPS=0`` switches it off.
 """
 from __future__ import annotations
 

@@ -65,28 +65,47 @@ def full_extension(path: PathLike) -> str:
     return Path(name).suffix
 
 
-def check_output_path(path: PathLike, overwrite: bool = False, create_folder: bool = True) -> Path:
+def check_output_path(path: PathLike, overwrite: bool = False, create_folder: bool = True,
+                      what: str = "output file", hint: str = "allow overwriting to replace it") -> Path:
     """Check early that ``path`` can be written (before a long computation); returns it.
 
-    OutputError if it exists and ``overwrite`` is False, if it is a folder, or if its folder
-    cannot be created. Creates the folder when missing (``create_folder``).
+    OutputError if it is a folder, if it exists and ``overwrite`` is False (the message ends
+    with ``hint``, e.g. the command line's flag), or if its folder cannot be written. With
+    ``create_folder`` a missing folder is created now; without, nothing is created. Then the
+    folder (or its nearest existing ancestor) must accept new files: probed with a temporary
+    file, since permission bits say nothing for root or read-only mounts. ``what`` names
+    the file in messages ("report", "output").
     """
     p = Path(os.path.expanduser(str(path)))
     if p.is_dir():
-        raise OutputError(f"output path is a folder: {p}")
+        raise OutputError(f"{what} {p} is a folder; give a file name")
     if (p.exists() or p.is_symlink()) and not overwrite:
-        raise OutputError(f"output file already exists: {p} (allow overwriting to replace it)")
+        raise OutputError(f"{what} already exists: {p} ({hint})")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         if parent.exists():
             raise OutputError(f"cannot write {p}: {parent} is not a folder")
-        if not create_folder:
-            raise OutputError(f"output folder does not exist: {parent}")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder {parent}: {exc.strerror or exc}") from None
+        if create_folder:
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the output folder {parent}: {exc.strerror or exc}") from None
+    _probe_writable(p)
     return p
+
+
+def _probe_writable(path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder we can create files in."""
+    probe = path.parent if str(path.parent) else Path(".")
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write {path}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".livertumorseg-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: folder {probe} is not writable ({exc.strerror or exc})") from None
 
 
 def _default_mode() -> int:

@@ -1,0 +1,137 @@
+"""What a segmentation run may be asked to do: :class:`SegmentOptions` and its nested
+:class:`PostprocessOptions`, each option declared once (see :mod:`LiverTumorSegLib.utils.options`).
+
+Each field's snake_case name is the option's name everywhere: the library, the Slicer job
+(which passes them to its child process), the ``livertumorseg segment`` flags (generated from
+the fields' ``metadata``) and the JSON report (``report["options"]``). To add an option, add
+one field here with ``metadata={"cli": "--flag", "help": "..."}`` (or without ``cli`` for a
+library-only option) and validate it in ``__post_init__``.
+
+Pure Python (no torch, numpy or scipy) on purpose: the Slicer module builds its child's command
+line from these classes inside Slicer's own process. ``inference`` and ``postprocess``
+re-export them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from .errors import ConfigError
+from .utils.config import dataclass_to_dict
+from .utils.options import non_negative, positive_int, unit_interval
+
+DEFAULT_WINDOW = (48, 256, 256)
+
+__all__ = ["DEFAULT_WINDOW", "PostprocessOptions", "SegmentOptions"]
+
+
+def _finite_non_negative(value: float, what: str) -> None:
+    try:
+        ok = float(value) >= 0 and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass
+class PostprocessOptions:
+    """Which clean-up steps :func:`~LiverTumorSegLib.postprocess.postprocess_labels` applies
+    (the steps are described there)."""
+
+    largest_liver_component: bool = field(default=True, metadata={
+        "cli": "--no-largest-component", "help": "keep every liver component, not only the largest"})
+    tumour_inside_liver: bool = field(default=True, metadata={
+        "cli": "--no-tumour-in-liver", "help": "keep tumour voxels outside the liver region"})
+    fill_holes: bool = field(default=True, metadata={
+        "cli": "--no-fill-holes", "help": "do not fill enclosed holes of the liver"})
+    min_tumour_volume_ml: float = field(default=0.1, metadata={
+        "cli": "--min-tumour-ml", "type": non_negative, "metavar": "ML",
+        "help": "drop tumours smaller than this (mL; 0 keeps all; default: %(default)s)"})
+    # 2D holes filled per slice by fill_holes (0: 3D cavities only)
+    max_hole_area_mm2: float = 150.0
+
+    def __post_init__(self) -> None:
+        _finite_non_negative(self.min_tumour_volume_ml, "minimum tumour volume (mL)")
+        _finite_non_negative(self.max_hole_area_mm2, "maximum hole area (mm^2)")
+
+    def to_dict(self) -> dict:
+        return dataclass_to_dict(self)
+
+
+@dataclass
+class SegmentOptions:
+    """How to run the network, and (``postprocess``) which clean-up steps to apply.
+
+    ``window`` is the sliding window in network voxels (D, H, W) on the preprocessed grid
+    (1 mm slices, half in-plane resolution by default): 48 slices like the paper's training
+    crops, and 256 x 256 in plane, which covers a whole 512 x 512 CT slice after the 2x
+    in-plane down-sampling so that windows overlap only along z. Each window dimension is
+    clipped to the volume (a 3-slice CT runs one small window, not a padded one).
+    ``fast`` lowers the overlap to 0 (each voxel predicted once; may show seams).
+    ``crop_to_body`` runs the network only on the bounding box of the body (voxels above
+    -190 HU, plus a margin); outside it is background. On abdominal CT this skips 30-50 % of
+    the network grid (the air around the patient).
+    """
+
+    window: Optional[tuple[int, int, int]] = field(default=None, metadata={
+        "cli": "--window", "nargs": 3, "type": positive_int, "metavar": ("D", "H", "W"),
+        "help": "sliding window in network voxels (default: the model's recommended window, else 48 256 256)"})
+    overlap: float = field(default=0.25, metadata={
+        "cli": "--overlap", "type": unit_interval, "help": "window overlap in [0, 1) (default: %(default)s)"})
+    sw_batch_size: int = field(default=1, metadata={
+        "cli": "--batch", "type": positive_int, "metavar": "N", "help": "windows per network call"})
+    mode: str = "gaussian"
+    sigma_scale: float = 0.125
+    device: str = field(default="auto", metadata={
+        "cli": "--device", "choices": ["auto", "cpu", "cuda", "mps"],
+        "help": "compute device (default: auto = cuda > mps > cpu)"})
+    amp: bool = True  # float16 autocast, CUDA only
+    fast: bool = field(default=False, metadata={
+        "cli": "--fast", "help": "no window overlap: faster, may show seams"})
+    # torch CPU threads; None = torch default capped to usable CPUs
+    threads: Optional[int] = field(default=None, metadata={
+        "cli": "--threads", "type": positive_int, "metavar": "N", "help": "CPU threads for torch (default: all usable)"})
+    channels_last: bool = False
+    crop_to_body: bool = field(default=True, metadata={
+        "cli": "--no-body-crop",
+        "help": "run the network on the whole field of view, not only on the body's bounding box"})
+    postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
+    return_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.postprocess, dict):
+            self.postprocess = PostprocessOptions(**self.postprocess)
+        if self.window is not None:
+            try:
+                self.window = tuple(int(w) for w in self.window)  # type: ignore[assignment]
+            except (TypeError, ValueError):
+                raise ConfigError(f"window must be three positive sizes (D H W), got {self.window}") from None
+            if len(self.window) != 3 or any(w < 1 for w in self.window):
+                raise ConfigError(f"window must be three positive sizes (D H W), got {self.window}")
+        if not 0.0 <= float(self.overlap) < 1.0:
+            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}")
+        if int(self.sw_batch_size) < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.sw_batch_size}")
+        if self.mode not in ("gaussian", "constant"):
+            raise ConfigError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
+
+    def for_model(self, metadata: Optional[dict]) -> "SegmentOptions":
+        """A copy whose window is the user's, else the model's recommended one, else the default.
+
+        A model trained on small patches predicts best on windows of that size (instance
+        normalisation and the Mamba sequence see what they saw in training), so its sidecar
+        may carry ``inference.window``.
+        """
+        if self.window is not None:
+            return self
+        window = ((metadata or {}).get("inference") or {}).get("window") or DEFAULT_WINDOW
+        return replace(self, window=tuple(int(w) for w in window))
+
+    @property
+    def effective_overlap(self) -> float:
+        return 0.0 if self.fast else float(self.overlap)
+
+    def to_dict(self) -> dict:
+        return dataclass_to_dict(self)
