@@ -159,6 +159,47 @@ def test_patches_deterministic_and_on_liver(cache_dir):
     assert hits == len(ds)  # fg_prob 1: every patch is centred on liver
 
 
+def _lower_half_liver_case(tmp_path: Path):
+    """A 40 x 24 x 24 case whose liver lies only in slices 24..35 (its lower half)."""
+    from ltstrain.cache import CachedCase
+
+    d = tmp_path / "c"
+    d.mkdir()
+    img = np.random.default_rng(0).random((40, 24, 24)).astype(np.float32)
+    lab = np.zeros((40, 24, 24), np.uint8)
+    lab[24:36, 8:16, 8:16] = 1
+    np.save(d / "image.npy", img)
+    np.save(d / "label.npy", lab)
+    np.savez(d / "fg.npz", liver=np.argwhere(lab >= 1).astype(np.int32), tumor=np.zeros((0, 3), np.int32))
+    entry = {"image": "c/image.npy", "label": "c/label.npy", "fg": "c/fg.npz", "shape": [40, 24, 24],
+             "liver_z": [24, 35], "tumour_z": None}
+    return CachedCase("half", tmp_path, entry)
+
+
+def test_slab_sampling_liver_and_any(tmp_path):
+    """"liver": every slab inside the liver range; "any": slabs anywhere, some without liver."""
+    case = _lower_half_liver_case(tmp_path)
+    base = dict(patch_size=[8, 16, 16], samples_per_case=60, fg_prob=1.0, augment={"enabled": False})
+    liver = PatchDataset([case], tiny_cfg(**base, slab_sampling="liver"))
+    starts = [liver.sample(i)["start"][0] for i in range(len(liver))]
+    assert all(24 <= z and z + 8 <= 36 for z in starts)
+    assert all((liver.sample(i)["label"] >= 1).any() for i in range(len(liver)))
+    anyw = PatchDataset([case], tiny_cfg(**base, slab_sampling="any"))
+    samples = [anyw.sample(i) for i in range(len(anyw))]
+    starts = [s["start"][0] for s in samples]
+    assert min(starts) < 16 and max(starts) > 24 and all(0 <= z <= 32 for z in starts)
+    without = [s for s in samples if not (s["label"] >= 1).any()]
+    assert without and all(s["start"][0] + 8 <= 24 for s in without)
+    # a slab with liver still has its in-plane crop centred on it (fg_prob 1)
+    assert all((s["label"] >= 1).any() for s in samples if s["start"][0] + 8 > 24 + 2)
+    # thinner than the patch: padded as before, whatever the mode
+    assert choose_z(np.random.default_rng(0), 6, 8, [0, 5], "any") == -1
+    from LiverTumorSegLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="slab_sampling must be one of liver, any, got 'body'"):
+        tiny_cfg(slab_sampling="body")
+
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine", min_lr_ratio=0.01)
     lrs = [lr_at(cfg, e) for e in range(10)]
@@ -171,8 +212,12 @@ def test_config_roundtrip(tmp_path):
     cfg.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == cfg
     assert cfg.model_overrides["codebook_size"] == 8
-    with pytest.raises(ValueError):
+    from LiverTumorSegLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown training config keys: no_such_key"):
         TrainConfig.from_dict({"no_such_key": 1})
+    with pytest.raises(ConfigError, match="unknown training config augment keys: flip"):
+        TrainConfig.from_dict({"augment": {"flip": 1}})
 
 
 # ----------------------------------------------------------------------------- training
