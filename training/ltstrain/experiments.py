@@ -161,7 +161,8 @@ def train_or_reuse(ctx: Context, cfg: TrainConfig) -> Path:
     resume = rd / "last.safetensors" if (rd / "last.safetensors").is_file() and (rd / "last.optim.json").is_file() else None
     ctx.log(f"[train] {cfg.model} seed {cfg.seed} -> {rd}" + (" (resuming)" if resume else ""))
     t0 = time.perf_counter()
-    train(cfg, ctx.cache, rd, resume=resume, log=ctx.log if not ctx.smoke else (lambda *_: None))
+    # the folder is this experiment's own: a leftover without a checkpoint is replaced
+    train(cfg, ctx.cache, rd, resume=resume, log=ctx.log if not ctx.smoke else (lambda *_: None), overwrite=True)
     ctx.log(f"[train] done in {time.perf_counter() - t0:.1f}s")
     return rd
 
