@@ -83,7 +83,7 @@ def test_prepare_skips_unchanged_and_redoes_changed(tmp_path):
     data = tmp_path / "lits"
     data.mkdir()
     for i in range(2):
-        sc = synthetic.make_synthetic_ct(size=(96, 96, 24), spacing=(1.2, 1.2, 1.5), seed=i)
+        sc = synthetic.make_synthetic_ct(size=(96, 96, 24), spacing=(1.2, 1.2, 1.5), seed=i, scale=0.5)  # air around the body: CT
         sitk.WriteImage(sc.image, str(data / f"volume-{i}.nii.gz"))
         sitk.WriteImage(sc.label, str(data / f"segmentation-{i}.nii.gz"))
     out = tmp_path / "cache"

@@ -29,7 +29,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import paper, tables
-from .cache import Cache, prepare_cache, write_json_atomic
+from LiverTumorSegLib.utils.files import atomic_write_json
+
+from .cache import Cache, prepare_cache
 from .config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -194,7 +196,7 @@ def test_or_reuse(ctx: Context, rd: Path, cfg: TrainConfig) -> dict:
     res["checkpoint"] = str(ckpt)
     res["model"] = cfg.model
     res["seed"] = cfg.seed
-    write_json_atomic(path, res)
+    atomic_write_json(path, res, overwrite=True)
     return res
 
 
@@ -434,7 +436,7 @@ def exp_table3(ctx: Context) -> dict:
         ],
         paper_header=header, paper_rows=prow,
     )
-    write_json_atomic(ctx.out / "table3.json", per_kind)
+    atomic_write_json(ctx.out / "table3.json", per_kind, overwrite=True)
     return {"per_kind": per_kind}
 
 
