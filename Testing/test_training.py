@@ -349,6 +349,7 @@ def test_ddp_two_cpu_processes(cache_dir, tmp_path):
     assert meta["training"]["world_size"] == 2
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert len(rows) == 2 and int(rows[0]["iters"]) == 4  # 2 ranks x 2 samples each
+    assert int(rows[0]["iters_per_rank"]) == 2 and "iters 2 per rank x 2 = 4" in p.stdout
 
     from LiverTumorSegLib import weights
 
@@ -359,3 +360,103 @@ def _free_port() -> int:
     from ltstrain.ddp import free_port
 
     return free_port()
+
+
+# ----------------------------------------------------------------------------- run folder rules
+def _train_cli(argv, capsys) -> tuple[int, str, str]:
+    import train as train_script
+
+    code = train_script.main(argv + ["--no-progress"])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err.strip()
+
+
+def test_existing_run_folder_refused_then_overwritten(cache_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    base = ["--config", str(SMOKE_CONFIG), "--cache", str(cache_dir), "--out", str(run), "--model", "baseline",
+            "--epochs", "1", "--set", "model_overrides.features=[4,8]"]
+    assert _train_cli(base, capsys)[0] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    code, _, err = _train_cli(base, capsys)
+    assert code == 2
+    assert err == (f"train: error: run folder {run} already exists (holds best.json, best.safetensors, config.json, ...); "
+                   f"continue it with --resume {run} or replace it with --overwrite")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+    (run / "notes.txt").write_text("mine")
+    code, _, err = _train_cli(base + ["--overwrite"], capsys)
+    assert code == 0, err
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    assert (run / "last.json").stat().st_mtime_ns != before["last.json"]
+
+
+def test_resume_errors_are_one_line(cache_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    base = ["--config", str(SMOKE_CONFIG), "--cache", str(cache_dir), "--model", "baseline",
+            "--set", "model_overrides.features=[4,8]"]
+    # no checkpoint at all: the folder given is not created
+    missing = tmp_path / "nothing"
+    code, _, err = _train_cli(base + ["--out", str(missing), "--resume", str(missing)], capsys)
+    assert code == 2
+    assert err == f"train: error: cannot resume: no checkpoint {missing} (give a run folder or its last.safetensors)"
+    assert not missing.exists()
+    missing.mkdir()
+    code, _, err = _train_cli(base + ["--out", str(missing), "--resume", str(missing)], capsys)
+    assert code == 2 and f"no checkpoint {missing / 'last.safetensors'} (" in err
+    assert list(missing.iterdir()) == []
+
+    assert _train_cli(base + ["--out", str(run), "--epochs", "1"], capsys)[0] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    # another model: named, before any state dict is loaded
+    code, _, err = _train_cli(base + ["--out", str(run), "--resume", str(run), "--epochs", "2",
+                                      "--set", "model_overrides.features=[4,16]"], capsys)
+    assert code == 2 and "\n" not in err
+    assert err == (f"train: error: cannot resume from {run / 'last.safetensors'}: the model differs from the "
+                   "checkpoint's (features [4, 8] -> [4, 16])")
+    # the optimiser state missing
+    (run / "last.optim.json").rename(tmp_path / "x.json")
+    code, _, err = _train_cli(base + ["--out", str(run), "--resume", str(run), "--epochs", "2"], capsys)
+    assert code == 2 and err.endswith("last.optim.json missing beside it")
+    (tmp_path / "x.json").rename(run / "last.optim.json")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+    # a finished run: said so, exit 0, nothing touched
+    code, out, err = _train_cli(["--cache", str(cache_dir), "--out", str(run), "--resume", str(run)], capsys)
+    assert code == 0, err
+    assert f"the run {run} has already finished its 1 epochs; nothing to do (give --epochs N > 1 to extend it)" in out
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+    # extension: a note on the schedule, and the log continues
+    code, out, err = _train_cli(["--cache", str(cache_dir), "--out", str(run), "--resume", str(run), "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert "epochs 1 -> 2" not in out  # smoke.json's schedule is constant: nothing to say
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0]["iters"] == rows[0]["iters_per_rank"]
+
+
+def test_epochs_note_for_a_reshaped_schedule():
+    from ltstrain.checkpoints import epochs_note
+
+    cfg = TrainConfig(epochs=20, lr_schedule="cosine")
+    assert epochs_note(cfg, 10, 10) == ("note: epochs 10 -> 20: the cosine learning rate now follows a 20-epoch schedule "
+                                        "from epoch 11 on (not the same as a 20-epoch run from the start)")
+    assert epochs_note(cfg, 10, 20) is None
+
+
+def test_failed_run_leaves_no_folder(cache_dir, tmp_path, monkeypatch):
+    """A run that fails before its first checkpoint removes what it wrote and the folders it made."""
+    import ltstrain.trainer as trainer
+
+    def boom(run, epoch):
+        raise FloatingPointError("non-finite loss (simulated)")
+
+    monkeypatch.setattr(trainer, "run_epoch", boom)
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(FloatingPointError):
+        train(tiny_cfg(epochs=1), cache_dir, out, log=QUIET)
+    assert not (tmp_path / "a").exists()
+    # a folder that existed (empty) stays, emptied of the run's files
+    out2 = tmp_path / "kept"
+    out2.mkdir()
+    with pytest.raises(FloatingPointError):
+        train(tiny_cfg(epochs=1), cache_dir, out2, log=QUIET)
+    assert out2.is_dir() and list(out2.iterdir()) == []
