@@ -386,6 +386,36 @@ def _check_jobs(jobs: Sequence[_Job], checks, skip_bad: bool, log: Callable[[str
     return bad
 
 
+def _prepare_jobs(root: Path, jobs: Sequence[_Job], todo_ids: set, old_cases: dict, manifest: dict, cfg, dtype: str,
+                  checks, log: Callable[[str], None], progress: bool) -> list[str]:
+    """Store every job in ``todo_ids`` (checked pairs only), keep the others' old entries;
+    the manifest is rewritten after each case, so an interrupted run keeps what is done."""
+    from LiverTumorSegLib.datasets import check_pair
+
+    processed: list[str] = []
+    iterator: Iterable = jobs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(jobs, desc="prepare", unit="case")
+    for job in iterator:
+        if job.case_id in manifest["skipped"]:
+            continue
+        if job.case_id not in todo_ids:
+            manifest["cases"][job.case_id] = old_cases[job.case_id]
+            continue
+        t0 = time.perf_counter()
+        image, label = job.load()
+        label = label if job.synthetic else check_pair(job.case_id, image, label, checks)
+        seed = int(hashlib.sha256(job.case_id.encode()).hexdigest()[:8], 16)
+        entry = _store_case(root, job.case_id, image, label, cfg, dtype, seed)
+        manifest["cases"][job.case_id] = {**entry, "source": job.source}
+        processed.append(job.case_id)
+        atomic_write_json(root / MANIFEST, manifest, overwrite=True)  # an interrupted run keeps what is done
+        log(f"prepared {job.case_id} {tuple(entry['shape'])} in {time.perf_counter() - t0:.1f}s")
+    return processed
+
+
 def prepare_cache(
     out: os.PathLike | str,
     data_root: Optional[os.PathLike | str] = None,
@@ -412,7 +442,7 @@ def prepare_cache(
     ``synth-000``...). Cases no longer in the sources are dropped from the manifest.
     """
     from LiverTumorSegLib import __version__
-    from LiverTumorSegLib.datasets import PairChecks, check_pair
+    from LiverTumorSegLib.datasets import PairChecks
     from LiverTumorSegLib.errors import InputError
 
     if dtype not in ("float32", "float16"):
@@ -442,32 +472,11 @@ def prepare_cache(
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate case ids among the sources")
     todo = [j for j in jobs if not _up_to_date(root, old_cases.get(j.case_id), j)]
-    todo_ids = {j.case_id for j in todo}
     manifest["skipped"] = _check_jobs(todo, checks, skip_bad, log)
     if len(manifest["skipped"]) == len(jobs):
         raise InputError("no cases to prepare (no good labelled cases found and --synthetic 0)")
     root.mkdir(parents=True, exist_ok=True)
-    processed: list[str] = []
-    iterator: Iterable = jobs
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(jobs, desc="prepare", unit="case")
-    for job in iterator:
-        if job.case_id in manifest["skipped"]:
-            continue
-        if job.case_id not in todo_ids:
-            manifest["cases"][job.case_id] = old_cases[job.case_id]
-            continue
-        t0 = time.perf_counter()
-        image, label = job.load()
-        label = label if job.synthetic else check_pair(job.case_id, image, label, checks)
-        seed = int(hashlib.sha256(job.case_id.encode()).hexdigest()[:8], 16)
-        entry = _store_case(root, job.case_id, image, label, cfg, dtype, seed)
-        manifest["cases"][job.case_id] = {**entry, "source": job.source}
-        processed.append(job.case_id)
-        atomic_write_json(mpath, manifest, overwrite=True)  # an interrupted run keeps what is done
-        log(f"prepared {job.case_id} {tuple(entry['shape'])} in {time.perf_counter() - t0:.1f}s")
+    processed = _prepare_jobs(root, jobs, {j.case_id for j in todo}, old_cases, manifest, cfg, dtype, checks, log, progress)
     manifest["split"] = make_split(sorted(manifest["cases"]), split_seed, ratios)
     atomic_write_json(mpath, manifest, overwrite=True)
     up = len(manifest["cases"]) - len(processed)
@@ -476,7 +485,7 @@ def prepare_cache(
         f"{len(manifest['skipped'])} skipped as bad); split train/val/test = "
         f"{len(manifest['split']['train'])}/{len(manifest['split']['val'])}/{len(manifest['split']['test'])}"
     )
-    return {"manifest": manifest, "processed": processed, "skipped": [j.case_id for j in jobs if j.case_id not in todo_ids],
+    return {"manifest": manifest, "processed": processed, "skipped": [j.case_id for j in jobs if j.case_id in manifest["cases"] and j.case_id not in processed],
             "bad": sorted(manifest["skipped"])}
 
 
