@@ -22,7 +22,9 @@ RUN_FILES = (
 
 
 class RunFolder:
-    """Claims ``out`` for a run (rank 0 only) and undoes the claim when the run fails early."""
+    """The run folder's rules. Construct it on every rank before the process group forms
+    (the refusals are read-only, so every rank refuses alike and none waits at a barrier);
+    rank 0 then :meth:`claim` s the folder and, on failure, :meth:`abandon` s it."""
 
     def __init__(self, out: Path, resuming: bool, overwrite: bool) -> None:
         self.out = Path(out)
@@ -30,13 +32,17 @@ class RunFolder:
         if self.out.exists() and not self.out.is_dir():
             raise OutputError(f"run folder {self.out} is a file")
         present = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
-        if present and not resuming:
-            if not overwrite:
-                ours = [n for n in present if n in RUN_FILES] or present
-                raise OutputError(
-                    f"run folder {self.out} already exists (holds {', '.join(ours[:3])}{', ...' if len(ours) > 3 else ''}); "
-                    f"continue it with --resume {self.out} or replace it with --overwrite"
-                )
+        self.replace = bool(present) and not resuming
+        if self.replace and not overwrite:
+            ours = [n for n in present if n in RUN_FILES] or present
+            raise OutputError(
+                f"run folder {self.out} already exists (holds {', '.join(ours[:3])}{', ...' if len(ours) > 3 else ''}); "
+                f"continue it with --resume {self.out} or replace it with --overwrite"
+            )
+
+    def claim(self) -> None:
+        """Rank 0: remove an overwritten run's files, create the folder (remembering which)."""
+        if self.replace:
             self._remove_run_files()
         if not self.out.is_dir():
             top = self.out

@@ -501,8 +501,10 @@ def train(
             log(f"the run {checkpoint.parent} has already finished its {cfg.epochs} epochs; nothing to do "
                 f"(give --epochs N > {cfg.epochs} to extend it)")
             return finished
+    folder = RunFolder(out, resuming=checkpoint is not None, overwrite=overwrite)  # every rank, before the group
     info = init_distributed()
-    folder = RunFolder(out, resuming=checkpoint is not None, overwrite=overwrite) if info.is_main else None
+    if info.is_main:
+        folder.claim()
     barrier(info)
     try:
         run = setup(cfg, cache_dir, out, info, log)
@@ -516,7 +518,7 @@ def train(
             barrier(info)
         summary = finish(run)
     except BaseException:
-        if folder is not None:
+        if info.is_main:
             folder.abandon()
         raise
     barrier(info)
