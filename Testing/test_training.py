@@ -382,6 +382,13 @@ def test_existing_run_folder_refused_then_overwritten(cache_dir, tmp_path, capsy
     assert err == (f"train: error: run folder {run} already exists (holds best.json, best.safetensors, config.json, ...); "
                    f"continue it with --resume {run} or replace it with --overwrite")
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+    # resuming run r into another existing run folder is refused as well
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "log.csv").write_text("epoch\n")
+    code, _, err = _train_cli(["--cache", str(cache_dir), "--out", str(other), "--resume", str(run), "--epochs", "2"], capsys)
+    assert code == 2 and f"run folder {other} already exists (holds log.csv)" in err
+    assert (other / "log.csv").read_text() == "epoch\n" and [p.name for p in other.iterdir()] == ["log.csv"]
     (run / "notes.txt").write_text("mine")
     code, _, err = _train_cli(base + ["--overwrite"], capsys)
     assert code == 0, err

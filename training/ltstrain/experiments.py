@@ -28,8 +28,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from LiverTumorSegLib.utils.files import atomic_write_json, atomic_write_text
+
 from . import paper, tables
-from LiverTumorSegLib.utils.files import atomic_write_json
 
 from .cache import Cache, prepare_cache
 from .config import TrainConfig
@@ -601,4 +602,4 @@ def write_readme(ctx: Context, name: str, seconds: float) -> None:
         "",
     ]
     ctx.base.save(ctx.out / "base_config.json")
-    path.write_text("\n".join(head) + "\n".join(sections[k] for k in sorted(sections)))
+    atomic_write_text(path, "\n".join(head) + "\n".join(sections[k] for k in sorted(sections)), overwrite=True)

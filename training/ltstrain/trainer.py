@@ -501,7 +501,9 @@ def train(
             log(f"the run {checkpoint.parent} has already finished its {cfg.epochs} epochs; nothing to do "
                 f"(give --epochs N > {cfg.epochs} to extend it)")
             return finished
-    folder = RunFolder(out, resuming=checkpoint is not None, overwrite=overwrite)  # every rank, before the group
+    # resuming continues the checkpoint's own folder; any other existing folder is refused as usual
+    same_folder = checkpoint is not None and out.resolve() == checkpoint.parent.resolve()
+    folder = RunFolder(out, resuming=same_folder, overwrite=overwrite)  # every rank, before the group
     info = init_distributed()
     if info.is_main:
         folder.claim()
