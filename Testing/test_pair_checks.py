@@ -222,3 +222,18 @@ def test_evaluate_uses_the_models_split_and_guards_seen_cases(tmp_path, capsys):
     summary = json.loads((tmp_path / "seen" / "summary.json").read_text())
     assert summary["meta"]["seen_cases"] == ["volume-0", "volume-1"] and "not a held-out score" in summary["meta"]["warning"]
     assert "**Warning: 2 of these cases were used to train or select the model" in (tmp_path / "seen" / "summary.md").read_text()
+
+
+def test_evaluate_other_data_set_uses_seed_split(tmp_path, capsys):
+    """A folder sharing no case id with the model's stored split (another data set) is split by
+    --seed/--ratios as for weights without a stored split; nothing of it counts as seen."""
+    weights = stored_split_weights(tmp_path)
+    data = tmp_path / "other"
+    for i in (10, 11):
+        write_lits(data, i, *ct_and_label())
+    out = tmp_path / "o"
+    assert cli_main(["evaluate", "--model", str(weights), "--data", str(data), "--out", str(out), "--split", "all",
+                     "--seed", "3", "--device", "cpu"]) == 0, capsys.readouterr().err
+    meta = json.loads((out / "summary.json").read_text())["meta"]
+    assert meta["split_source"] == "folder shares no case with the model's split" and meta["seed"] == 3
+    assert meta["seen_cases"] == []

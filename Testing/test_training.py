@@ -200,6 +200,17 @@ def test_slab_sampling_liver_and_any(tmp_path):
         tiny_cfg(slab_sampling="body")
 
 
+def test_cached_arrays_writable_in_memory_only(cache_dir):
+    """The cache's arrays are copy-on-write maps: writable (no "non-writable NumPy array"
+    warning when validation hands them to torch.from_numpy), and the files never change."""
+    case = Cache(cache_dir).cases()[0]
+    img = case.image()
+    assert img.flags.writeable and case.label().flags.writeable
+    before = float(img[0, 0, 0])
+    img[0, 0, 0] = before + 5.0
+    assert float(case.image()[0, 0, 0]) == before
+
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine", min_lr_ratio=0.01)
     lrs = [lr_at(cfg, e) for e in range(10)]
