@@ -229,6 +229,7 @@ class Cache:
             "train_cases": list(sp.get("train", [])),
             "val_cases": list(sp.get("val", [])),
             "test_cases": list(sp.get("test", [])),
+            "skipped_cases": sorted(self.manifest.get("skipped") or {}),  # bad pairs left out (--skip-bad)
         }
 
 

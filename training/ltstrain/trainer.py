@@ -496,11 +496,11 @@ def train(
     checkpoint = resolve_resume(resume) if resume else None
     if checkpoint is not None:
         check_same_model(checkpoint, training_model_config(cfg))
-        finished = finished_summary(checkpoint, cfg, out)
-        if finished is not None:
-            log(f"the run {checkpoint.parent} has already finished its {cfg.epochs} epochs; nothing to do "
-                f"(give --epochs N > {cfg.epochs} to extend it)")
-            return finished
+        done = epochs_done(checkpoint)
+        if done >= cfg.epochs:
+            what = f"finished its {done} epochs" if done == cfg.epochs else f"trained {done} epochs (more than {cfg.epochs})"
+            log(f"the run {checkpoint.parent} has already {what}; nothing to do (give --epochs N > {done} to extend it)")
+            return finished_summary(checkpoint, out)
     # resuming continues the checkpoint's own folder; any other existing folder is refused as usual
     same_folder = checkpoint is not None and out.resolve() == checkpoint.parent.resolve()
     folder = RunFolder(out, resuming=same_folder, overwrite=overwrite)  # every rank, before the group
@@ -535,13 +535,14 @@ def training_model_config(cfg: TrainConfig) -> dict:
     return config_for(name, **over).to_dict()
 
 
-def finished_summary(checkpoint: Path, cfg: TrainConfig, out: Path) -> Optional[dict]:
-    """The summary of a checkpoint that has already trained ``cfg.epochs`` epochs, else None."""
-    _, js = optim_paths(checkpoint)
-    done = int(json.loads(js.read_text()).get("epoch", 0))
-    if done < cfg.epochs:
-        return None
+def epochs_done(checkpoint: Path) -> int:
+    """Epochs a checkpoint has trained (its optimiser state's ``epoch``)."""
+    return int(json.loads(optim_paths(checkpoint)[1].read_text()).get("epoch", 0))
+
+
+def finished_summary(checkpoint: Path, out: Path) -> dict:
+    """The summary.json of a finished run (or a short stand-in when it has none)."""
     for p in (out / "summary.json", checkpoint.parent / "summary.json"):
         if p.is_file():
             return json.loads(p.read_text())
-    return {"model": cfg.model, "seed": cfg.seed, "epochs": done, "run_dir": str(checkpoint.parent)}
+    return {"epochs": epochs_done(checkpoint), "run_dir": str(checkpoint.parent)}
