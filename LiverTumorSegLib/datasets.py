@@ -246,3 +246,128 @@ def split_cases(
         "train": ranked[n_test + n_val :],
     }
     return {name: sorted(parts[name], key=lambda c: natural_key(_case_key(c))) for name in SPLITS}
+
+
+# ============================================================================ pair checks
+GRID_TOL = 1e-3  # same grid: origin within 1e-3 mm, spacing within 1e-3 relative, direction cosines within 1e-3
+# what --resample-labels accepts beyond GRID_TOL (same size always): a slightly different
+# header of the same scan, never another scan or crop
+RESAMPLE_SPACING_TOL = 0.01  # relative
+RESAMPLE_ORIGIN_TOL = 0.5  # voxels (of the image's spacing)
+RESAMPLE_DIRECTION_TOL = 0.01  # direction cosines
+LABELS = (0, 1, 2)
+
+
+class CaseError(InputError):
+    """A bad image/label pair: the message names the case and the problem."""
+
+    def __init__(self, case_id: str, problem: str) -> None:
+        super().__init__(f"case {case_id}: {problem}")
+        self.case_id = case_id
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class PairChecks:
+    """How :func:`check_pair` treats a pair (``--resample-labels``, ``--label-map``)."""
+
+    resample_labels: bool = False
+    label_map: Tuple[Tuple[int, int], ...] = ()  # (from, to) pairs applied before the 0/1/2 check
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"resample_labels": self.resample_labels, "label_map": {str(a): b for a, b in self.label_map}}
+
+
+def parse_label_map(items: Optional[Sequence[str]]) -> Tuple[Tuple[int, int], ...]:
+    """``["3:2", "4:0"]`` -> ((3, 2), (4, 0)); targets must be 0, 1 or 2 (ConfigError)."""
+    from .errors import ConfigError
+
+    out: Dict[int, int] = {}
+    for item in items or []:
+        for part in str(item).replace(",", " ").split():
+            m = re.fullmatch(r"\s*(-?\d+)\s*:\s*(\d+)\s*", part)
+            if not m:
+                raise ConfigError(f"--label-map expects FROM:TO pairs of integers (e.g. 3:2), got {part!r}")
+            src, dst = int(m.group(1)), int(m.group(2))
+            if dst not in LABELS:
+                raise ConfigError(f"--label-map {part}: the target must be 0 (background), 1 (liver) or 2 (tumour)")
+            out[src] = dst
+    return tuple(sorted(out.items()))
+
+
+def grid_difference(image, label, spacing_tol: float = GRID_TOL, origin_tol_vox: Optional[float] = None,
+                    direction_tol: float = GRID_TOL) -> Optional[str]:
+    """None when ``label`` lies on ``image``'s grid within the tolerances, else what differs
+    (size first). Origin tolerance: ``GRID_TOL`` mm, or ``origin_tol_vox`` voxels when given."""
+    import numpy as np
+
+    si, sl = tuple(int(s) for s in image.GetSize()), tuple(int(s) for s in label.GetSize())
+    if si != sl:
+        return f"label size {sl} differs from image size {si}"
+    a, b = np.array(image.GetSpacing()), np.array(label.GetSpacing())
+    if np.any(np.abs(a - b) > spacing_tol * np.maximum(a, b)):
+        return f"label spacing {tuple(np.round(b, 4).tolist())} differs from image spacing {tuple(np.round(a, 4).tolist())}"
+    oa, ob = np.array(image.GetOrigin()), np.array(label.GetOrigin())
+    tol = GRID_TOL if origin_tol_vox is None else origin_tol_vox * float(np.min(a))
+    if np.any(np.abs(oa - ob) > tol):
+        return f"label origin {tuple(np.round(ob, 3).tolist())} differs from image origin {tuple(np.round(oa, 3).tolist())}"
+    da, db = np.array(image.GetDirection()), np.array(label.GetDirection())
+    if np.any(np.abs(da - db) > direction_tol):
+        return f"label direction {tuple(np.round(db, 3).tolist())} differs from image direction {tuple(np.round(da, 3).tolist())}"
+    return None
+
+
+def check_pair(case_id: str, image, label, checks: PairChecks = PairChecks()):
+    """The reference label of a training/evaluation pair, checked and ready: a uint8 0/1/2
+    SimpleITK image on exactly ``image``'s grid. Raises :class:`CaseError` (one line) when:
+
+    - the image does not look like CT (``image_io.validate_ct``);
+    - the label is not a 3D single-component map, or its size differs (never repaired);
+    - its spacing, origin or direction differ by more than ``GRID_TOL`` (with
+      ``checks.resample_labels``: by more than ``RESAMPLE_*_TOL``; within those it is
+      resampled, nearest neighbour, onto the image grid);
+    - it has non-integer values, or values outside 0/1/2 after ``checks.label_map``.
+    Within ``GRID_TOL`` the image's geometry is copied onto the label.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .image_io import validate_ct
+
+    try:
+        validate_ct(image)
+    except InputError as exc:
+        raise CaseError(case_id, f"image: {exc}") from None
+    if label.GetDimension() != 3 or label.GetNumberOfComponentsPerPixel() != 1:
+        raise CaseError(case_id, "label must be a 3D single-component label map")
+    diff = grid_difference(image, label)
+    if diff and checks.resample_labels and not diff.startswith("label size"):
+        loose = grid_difference(image, label, RESAMPLE_SPACING_TOL, RESAMPLE_ORIGIN_TOL, RESAMPLE_DIRECTION_TOL)
+        if loose is None:
+            label = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+            diff = None
+        else:
+            diff = loose + " (beyond what --resample-labels repairs)"
+    if diff:
+        hint = "" if diff.startswith("label size") or checks.resample_labels else \
+            " (--resample-labels resamples a label whose header differs slightly)"
+        raise CaseError(case_id, diff + hint)
+    arr = sitk.GetArrayFromImage(label)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(np.rint(arr), arr):
+            raise CaseError(case_id, "label has non-integer values; expected labels 0, 1, 2")
+        arr = np.rint(arr)
+    arr = arr.astype(np.int64)
+    if checks.label_map:
+        mapped = arr.copy()
+        for src, dst in checks.label_map:
+            mapped[arr == src] = dst
+        arr = mapped
+    bad = sorted(set(np.unique(arr).tolist()) - set(LABELS))
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise CaseError(case_id, f"label has values {shown} outside 0 (background), 1 (liver), 2 (tumour) "
+                                 f"(map them with --label-map, e.g. --label-map {bad[0]}:2)")
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(image)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from LiverTumorSegLib import InputError
@@ -109,3 +110,21 @@ def test_split_small_and_edge_cases():
         split_counts(3, (0, 0, 0))
     with pytest.raises(InputError):
         split_cases(["a", "a", "b"])
+
+
+def test_real_pairs_pass_the_checks(shared_data):
+    """The real CT scans and their labels pass ``check_pair`` as they are (a check that
+    refused good data would be as wrong as one that passed bad data)."""
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.datasets import check_pair
+    from LiverTumorSegLib.image_io import read_image
+
+    small = [c for c in discover_cases(shared_data) if c.case_id in ("totalseg_example_ct_sm", "dcmqi_ct3slice")]
+    assert small
+    for case in small:
+        image = read_image(case.image_path)
+        label = check_pair(case.case_id, image, read_image(case.label_path))
+        arr = sitk.GetArrayViewFromImage(label)
+        assert label.GetSize() == image.GetSize() and label.GetOrigin() == image.GetOrigin()
+        assert set(np.unique(arr).tolist()) <= {0, 1, 2} and (arr >= 1).any()

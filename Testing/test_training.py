@@ -83,7 +83,7 @@ def test_prepare_skips_unchanged_and_redoes_changed(tmp_path):
     data = tmp_path / "lits"
     data.mkdir()
     for i in range(2):
-        sc = synthetic.make_synthetic_ct(size=(96, 96, 24), spacing=(1.2, 1.2, 1.5), seed=i)
+        sc = synthetic.make_synthetic_ct(size=(96, 96, 24), spacing=(1.2, 1.2, 1.5), seed=i, scale=0.5)  # air around the body: CT
         sitk.WriteImage(sc.image, str(data / f"volume-{i}.nii.gz"))
         sitk.WriteImage(sc.label, str(data / f"segmentation-{i}.nii.gz"))
     out = tmp_path / "cache"
@@ -159,6 +159,58 @@ def test_patches_deterministic_and_on_liver(cache_dir):
     assert hits == len(ds)  # fg_prob 1: every patch is centred on liver
 
 
+def _lower_half_liver_case(tmp_path: Path):
+    """A 40 x 24 x 24 case whose liver lies only in slices 24..35 (its lower half)."""
+    from ltstrain.cache import CachedCase
+
+    d = tmp_path / "c"
+    d.mkdir()
+    img = np.random.default_rng(0).random((40, 24, 24)).astype(np.float32)
+    lab = np.zeros((40, 24, 24), np.uint8)
+    lab[24:36, 8:16, 8:16] = 1
+    np.save(d / "image.npy", img)
+    np.save(d / "label.npy", lab)
+    np.savez(d / "fg.npz", liver=np.argwhere(lab >= 1).astype(np.int32), tumor=np.zeros((0, 3), np.int32))
+    entry = {"image": "c/image.npy", "label": "c/label.npy", "fg": "c/fg.npz", "shape": [40, 24, 24],
+             "liver_z": [24, 35], "tumour_z": None}
+    return CachedCase("half", tmp_path, entry)
+
+
+def test_slab_sampling_liver_and_any(tmp_path):
+    """"liver": every slab inside the liver range; "any": slabs anywhere, some without liver."""
+    case = _lower_half_liver_case(tmp_path)
+    base = dict(patch_size=[8, 16, 16], samples_per_case=60, fg_prob=1.0, augment={"enabled": False})
+    liver = PatchDataset([case], tiny_cfg(**base, slab_sampling="liver"))
+    starts = [liver.sample(i)["start"][0] for i in range(len(liver))]
+    assert all(24 <= z and z + 8 <= 36 for z in starts)
+    assert all((liver.sample(i)["label"] >= 1).any() for i in range(len(liver)))
+    anyw = PatchDataset([case], tiny_cfg(**base, slab_sampling="any"))
+    samples = [anyw.sample(i) for i in range(len(anyw))]
+    starts = [s["start"][0] for s in samples]
+    assert min(starts) < 16 and max(starts) > 24 and all(0 <= z <= 32 for z in starts)
+    without = [s for s in samples if not (s["label"] >= 1).any()]
+    assert without and all(s["start"][0] + 8 <= 24 for s in without)
+    # a slab with liver still has its in-plane crop centred on it (fg_prob 1)
+    assert all((s["label"] >= 1).any() for s in samples if s["start"][0] + 8 > 24 + 2)
+    # thinner than the patch: padded as before, whatever the mode
+    assert choose_z(np.random.default_rng(0), 6, 8, [0, 5], "any") == -1
+    from LiverTumorSegLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="slab_sampling must be one of liver, any, got 'body'"):
+        tiny_cfg(slab_sampling="body")
+
+
+def test_cached_arrays_writable_in_memory_only(cache_dir):
+    """The cache's arrays are copy-on-write maps: writable (no "non-writable NumPy array"
+    warning when validation hands them to torch.from_numpy), and the files never change."""
+    case = Cache(cache_dir).cases()[0]
+    img = case.image()
+    assert img.flags.writeable and case.label().flags.writeable
+    before = float(img[0, 0, 0])
+    img[0, 0, 0] = before + 5.0
+    assert float(case.image()[0, 0, 0]) == before
+
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine", min_lr_ratio=0.01)
     lrs = [lr_at(cfg, e) for e in range(10)]
@@ -171,8 +223,12 @@ def test_config_roundtrip(tmp_path):
     cfg.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == cfg
     assert cfg.model_overrides["codebook_size"] == 8
-    with pytest.raises(ValueError):
+    from LiverTumorSegLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown training config keys: no_such_key"):
         TrainConfig.from_dict({"no_such_key": 1})
+    with pytest.raises(ConfigError, match="unknown training config augment keys: flip"):
+        TrainConfig.from_dict({"augment": {"flip": 1}})
 
 
 # ----------------------------------------------------------------------------- training
@@ -304,6 +360,7 @@ def test_ddp_two_cpu_processes(cache_dir, tmp_path):
     assert meta["training"]["world_size"] == 2
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert len(rows) == 2 and int(rows[0]["iters"]) == 4  # 2 ranks x 2 samples each
+    assert int(rows[0]["iters_per_rank"]) == 2 and "iters 2 per rank x 2 = 4" in p.stdout
 
     from LiverTumorSegLib import weights
 
@@ -314,3 +371,110 @@ def _free_port() -> int:
     from ltstrain.ddp import free_port
 
     return free_port()
+
+
+# ----------------------------------------------------------------------------- run folder rules
+def _train_cli(argv, capsys) -> tuple[int, str, str]:
+    import train as train_script
+
+    code = train_script.main(argv + ["--no-progress"])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err.strip()
+
+
+def test_existing_run_folder_refused_then_overwritten(cache_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    base = ["--config", str(SMOKE_CONFIG), "--cache", str(cache_dir), "--out", str(run), "--model", "baseline",
+            "--epochs", "1", "--set", "model_overrides.features=[4,8]"]
+    assert _train_cli(base, capsys)[0] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    code, _, err = _train_cli(base, capsys)
+    assert code == 2
+    assert err == (f"train: error: run folder {run} already exists (holds best.json, best.safetensors, config.json, ...); "
+                   f"continue it with --resume {run} or replace it with --overwrite")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing written
+    # resuming run r into another existing run folder is refused as well
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "log.csv").write_text("epoch\n")
+    code, _, err = _train_cli(["--cache", str(cache_dir), "--out", str(other), "--resume", str(run), "--epochs", "2"], capsys)
+    assert code == 2 and f"run folder {other} already exists (holds log.csv)" in err
+    assert (other / "log.csv").read_text() == "epoch\n" and [p.name for p in other.iterdir()] == ["log.csv"]
+    (run / "notes.txt").write_text("mine")
+    code, _, err = _train_cli(base + ["--overwrite"], capsys)
+    assert code == 0, err
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    assert (run / "last.json").stat().st_mtime_ns != before["last.json"]
+
+
+def test_resume_errors_are_one_line(cache_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    base = ["--config", str(SMOKE_CONFIG), "--cache", str(cache_dir), "--model", "baseline",
+            "--set", "model_overrides.features=[4,8]"]
+    # no checkpoint at all: the folder given is not created
+    missing = tmp_path / "nothing"
+    code, _, err = _train_cli(base + ["--out", str(missing), "--resume", str(missing)], capsys)
+    assert code == 2
+    assert err == f"train: error: cannot resume: no checkpoint {missing} (give a run folder or its last.safetensors)"
+    assert not missing.exists()
+    missing.mkdir()
+    code, _, err = _train_cli(base + ["--out", str(missing), "--resume", str(missing)], capsys)
+    assert code == 2 and f"no checkpoint {missing / 'last.safetensors'} (" in err
+    assert list(missing.iterdir()) == []
+
+    assert _train_cli(base + ["--out", str(run), "--epochs", "1"], capsys)[0] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    # another model: named, before any state dict is loaded
+    code, _, err = _train_cli(base + ["--out", str(run), "--resume", str(run), "--epochs", "2",
+                                      "--set", "model_overrides.features=[4,16]"], capsys)
+    assert code == 2 and "\n" not in err
+    assert err == (f"train: error: cannot resume from {run / 'last.safetensors'}: the model differs from the "
+                   "checkpoint's (features [4, 8] -> [4, 16])")
+    # the optimiser state missing
+    (run / "last.optim.json").rename(tmp_path / "x.json")
+    code, _, err = _train_cli(base + ["--out", str(run), "--resume", str(run), "--epochs", "2"], capsys)
+    assert code == 2 and err.endswith("last.optim.json missing beside it")
+    (tmp_path / "x.json").rename(run / "last.optim.json")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+    # a finished run: said so, exit 0, nothing touched
+    code, out, err = _train_cli(["--cache", str(cache_dir), "--out", str(run), "--resume", str(run)], capsys)
+    assert code == 0, err
+    assert f"the run {run} has already finished its 1 epochs; nothing to do (give --epochs N > 1 to extend it)" in out
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+    # extension: a note on the schedule, and the log continues
+    code, out, err = _train_cli(["--cache", str(cache_dir), "--out", str(run), "--resume", str(run), "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert "epochs 1 -> 2" not in out  # smoke.json's schedule is constant: nothing to say
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0]["iters"] == rows[0]["iters_per_rank"]
+
+
+def test_epochs_note_for_a_reshaped_schedule():
+    from ltstrain.checkpoints import epochs_note
+
+    cfg = TrainConfig(epochs=20, lr_schedule="cosine")
+    assert epochs_note(cfg, 10, 10) == ("note: epochs 10 -> 20: the cosine learning rate now follows a 20-epoch schedule "
+                                        "from epoch 11 on (not the same as a 20-epoch run from the start)")
+    assert epochs_note(cfg, 10, 20) is None
+
+
+def test_failed_run_leaves_no_folder(cache_dir, tmp_path, monkeypatch):
+    """A run that fails before its first checkpoint removes what it wrote and the folders it made."""
+    import ltstrain.trainer as trainer
+
+    def boom(run, epoch):
+        raise FloatingPointError("non-finite loss (simulated)")
+
+    monkeypatch.setattr(trainer, "run_epoch", boom)
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(FloatingPointError):
+        train(tiny_cfg(epochs=1), cache_dir, out, log=QUIET)
+    assert not (tmp_path / "a").exists()
+    # a folder that existed (empty) stays, emptied of the run's files
+    out2 = tmp_path / "kept"
+    out2.mkdir()
+    with pytest.raises(FloatingPointError):
+        train(tiny_cfg(epochs=1), cache_dir, out2, log=QUIET)
+    assert out2.is_dir() and list(out2.iterdir()) == []

@@ -5,12 +5,15 @@
     python training/train.py --config training/configs/paper.json --cache CACHE --out RUN --seed 57
     python training/train.py --config training/configs/cpu-small.json --cache CACHE --out RUN --epochs 20
     python training/train.py --cache CACHE --out RUN --resume RUN/last.safetensors
+    python training/train.py --cache CACHE --out RUN --resume RUN --epochs 200   # extend a run
     torchrun --nproc_per_node 2 training/train.py --config ... --cache CACHE --out RUN   # DDP
 
 Options override the config file; ``--set key=value`` sets any field (dotted keys, JSON
 values), e.g. ``--set model_overrides.codebook_size=32 --set augment.enabled=false``.
 Writes RUN/{config.json, split.json, log.csv, last.*, best.*, summary.json}; see
-``training/README.md``.
+``training/README.md``. An existing RUN is refused unless ``--resume`` (continue) or
+``--overwrite`` (start over) is given; a run that fails before its first checkpoint leaves
+nothing behind.
 """
 from __future__ import annotations
 
@@ -39,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", choices=("auto", "on", "off"))
-    p.add_argument("--max-iters-per-epoch", type=int)
-    p.add_argument("--resume", help="last.safetensors of a run (or the run folder) to continue from")
+    p.add_argument("--max-iters-per-epoch", type=int,
+                   help="cap on the iterations of each rank per epoch (with N DDP ranks an epoch has at most N x this many)")
+    p.add_argument("--resume", help="last.safetensors of a run (or the run folder) to continue from; with --epochs N "
+                   "larger than the run's, the run is extended and the learning-rate schedule follows N epochs from there")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files in an existing --out folder (without it, an existing run folder is refused)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any config field (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
@@ -80,7 +87,7 @@ def main(argv=None) -> int:
             if run_cfg.is_file():
                 args.config = str(run_cfg)
                 cfg = config_from_args(args)
-        train(cfg, args.cache, args.out, resume=args.resume)
+        train(cfg, args.cache, args.out, resume=args.resume, overwrite=args.overwrite)
     except (LiverTumorSegError, ValueError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2

@@ -6,11 +6,19 @@ Two modes:
   the same grid; prints the metrics table and optionally writes JSON
   ``{"liver": {dice, voe, rvd, asd, hd95}, "tumor": {...}}`` (plus ``"tumour_analysis"``
   when asked). Different grids are an error (resample first).
-- ``evaluate --data FOLDER --out DIR [--model WEIGHTS] [--split test --seed 42]``: segments
-  every case of the split (see :mod:`LiverTumorSegLib.datasets`) with the inference pipeline
-  and writes ``DIR/cases.csv`` (one row per case, every metric of both regions),
-  ``DIR/tumours.csv`` (one row per reference tumour), ``DIR/summary.json`` and
-  ``DIR/summary.md`` (mean +- std, global tumour Dice, tumour-size strata).
+- ``evaluate --data FOLDER --out DIR [--model WEIGHTS] [--split test]``: segments every case
+  of the split (see :mod:`LiverTumorSegLib.datasets`) with the inference pipeline and writes
+  ``DIR/cases.csv`` (one row per case, every metric of both regions), ``DIR/tumours.csv`` (one
+  row per reference tumour), ``DIR/summary.json`` and ``DIR/summary.md`` (mean +- std, global
+  tumour Dice, tumour-size strata).
+
+  The split is the one stored in the weights' sidecar (``training.data``: ``train_cases``,
+  ``val_cases``, ``test_cases``), so ``--split test`` scores exactly the cases the model was
+  not trained or selected on. A case the sidecar lists under train or val is refused unless
+  ``--allow-seen`` (the outputs then say so). ``--seed``/``--ratios`` split the folder only
+  for weights without a stored split, or when the folder shares no case id with it (another
+  data set). Every pair is checked before anything is written (``datasets.check_pair``; bad
+  pairs stop the run, or are left out and listed with ``--skip-bad``).
 
 Labels must be 0, 1, 2 (background, liver, tumour); they are evaluated on the reference's
 grid. Undefined values (e.g. a distance to an empty mask) are ``null`` in JSON, empty in CSV
@@ -56,9 +64,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--model", default=None, help="weights file (default: the bundled default model)")
     g.add_argument("--out", default=None, help="output folder for cases.csv, tumours.csv, summary.json/.md")
     g.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="which split (default: test)")
-    g.add_argument("--seed", type=int, default=42, help="split seed (default: 42)")
-    g.add_argument("--ratios", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
-                   help="split ratios (default: 0.7 0.1 0.2)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="split seed (default: 42), only for weights without a stored split")
+    g.add_argument("--ratios", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
+                   help="split ratios (default: 0.7 0.1 0.2), only for weights without a stored split")
+    g.add_argument("--allow-seen", action="store_true",
+                   help="score cases the model's sidecar lists as training or validation cases (marked in the outputs)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="leave out image/label pairs that fail the checks (listed in summary.json) instead of stopping")
+    g.add_argument("--label-map", nargs="+", metavar="FROM:TO",
+                   help="map reference label values before the 0/1/2 check, e.g. --label-map 3:2")
+    g.add_argument("--resample-labels", action="store_true",
+                   help="resample a reference whose spacing/origin/direction differ slightly from its image's (never a size)")
     g.add_argument("--device", default="auto", help="inference device (default: auto)")
     g.add_argument("--save-predictions", action="store_true", help="also write each predicted labelmap to OUT/predictions/")
     p.set_defaults(func=run)
@@ -203,8 +220,12 @@ def summary_markdown(summary: Dict[str, object], title: str = "Evaluation") -> s
             return "n/a"
         return f"{s['mean']:.4f} ± {s['std']:.4f}" + ("" if s["n"] == summary["n_cases"] else f" (n={s['n']})")
 
-    lines = [f"# {title}", "", f"{summary['n_cases']} cases. Mean ± std (population) over cases; "
-             "ASD and HD95 in mm, undefined values (empty masks) left out.", ""]
+    lines = [f"# {title}", ""]
+    warning = (summary.get("meta") or {}).get("warning")
+    if warning:
+        lines += [f"**Warning: {warning}.**", ""]
+    lines += [f"{summary['n_cases']} cases. Mean ± std (population) over cases; "
+              "ASD and HD95 in mm, undefined values (empty masks) left out.", ""]
     lines.append("| region | " + " | ".join(metrics.METRIC_NAMES) + " |")
     lines.append("|---" * (len(metrics.METRIC_NAMES) + 1) + "|")
     for r in metrics.REGIONS:
@@ -239,12 +260,14 @@ def evaluate_cases(
     save_predictions: bool = False,
     meta: Optional[Dict[str, object]] = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    checks=None,
 ) -> Dict[str, object]:
     """Segment (``segment_fn(image) -> labelmap sitk.Image``) and evaluate ``cases``.
 
     Writes ``cases.csv``, ``tumours.csv``, ``summary.json`` and ``summary.md`` into
     ``out_dir`` and returns the summary dict. Predictions are resampled (nearest neighbour)
-    onto the reference's grid when they differ from it.
+    onto the reference's grid when they differ from it. With ``checks``
+    (``datasets.PairChecks``) the reference is ``datasets.check_pair``'s (mapped, resampled).
     """
     from ..image_io import read_image, write_labelmap
     from ..utils.files import check_output_path
@@ -260,6 +283,10 @@ def evaluate_cases(
         t0 = time.perf_counter()
         image = read_image(case.image_path)
         ref_img = read_label(case.label_path)
+        if checks is not None:
+            from ..datasets import check_pair
+
+            ref_img = check_pair(case.case_id, image, ref_img, checks)
         ref = label_array(ref_img, f"reference of case {case.case_id}")
         pred_img = segment_fn(image)
         if grid_mismatch(pred_img, ref_img):
@@ -292,8 +319,74 @@ def evaluate_cases(
     return summary
 
 
+def stored_split(metadata: Dict[str, object]) -> Optional[Dict[str, List[str]]]:
+    """``{"train", "val", "test"}`` case ids of a weights sidecar (``training.data``), or None."""
+    data = (metadata.get("training") or {}).get("data") or {}  # type: ignore[union-attr]
+    if not isinstance(data, dict) or not any(f"{k}_cases" in data for k in ("train", "val", "test")):
+        return None
+    return {k: [str(c) for c in data.get(f"{k}_cases") or []] for k in ("train", "val", "test")}
+
+
+def select_cases(cases: Sequence, split: str, stored: Optional[Dict[str, List[str]]], seed: Optional[int],
+                 ratios: Optional[Sequence[float]], allow_seen: bool, model_name: str):
+    """The cases to score and a description of where the split came from (for the outputs).
+
+    InputError (one line) for ``--seed/--ratios`` with a stored split, an empty selection, and
+    cases the model was trained or validated on without ``allow_seen``."""
+    from ..datasets import natural_key, split_cases
+
+    ids = {c.case_id for c in cases}
+    known = set().union(*stored.values()) if stored else set()
+    if stored and ids & known:
+        if seed is not None or ratios is not None:
+            raise InputError(f"{model_name} stores its own train/val/test split; --seed/--ratios apply only to "
+                             "weights without one (drop them)")
+        chosen = list(cases) if split == "all" else [c for c in cases if c.case_id in set(stored[split])]
+        info: Dict[str, object] = {"split_source": "model"}
+        left_out = sorted(ids - known, key=natural_key)
+        if split != "all" and left_out:
+            info["not_in_model_split"] = left_out
+    else:
+        seed = 42 if seed is None else seed
+        ratios = tuple(ratios) if ratios is not None else (0.7, 0.1, 0.2)
+        chosen = list(cases) if split == "all" else split_cases(cases, seed=seed, ratios=ratios)[split]
+        info = {"split_source": "no stored split" if not stored else "folder shares no case with the model's split",
+                "seed": seed, "ratios": list(ratios)}
+    if not chosen:
+        raise InputError(f"the {split} split of the folder is empty ({len(cases)} cases in all; try --split all)")
+    seen = [c.case_id for c in chosen if c.case_id in set(stored["train"]) | set(stored["val"])] if stored else []
+    if seen and not allow_seen:
+        role = "train" if seen[0] in set(stored["train"]) else "val"  # type: ignore[index]
+        raise InputError(f"case {seen[0]} is in the {role} split of {model_name}"
+                         f"{f' (and {len(seen) - 1} more seen cases)' if len(seen) > 1 else ''}; scoring it "
+                         "measures memory, not generalisation (--allow-seen scores it anyway, marked in the outputs)")
+    info["seen_cases"] = seen
+    return chosen, info
+
+
+def precheck_cases(cases: Sequence, checks, skip_bad: bool, log: Callable[[str], None]):
+    """Read and check every pair (``datasets.check_pair``) before anything is segmented or
+    written; returns (good cases, {case_id: problem}) or raises the first CaseError."""
+    from ..datasets import CaseError, check_pair
+    from ..image_io import read_image
+
+    good, bad = [], {}
+    for case in cases:
+        try:
+            check_pair(case.case_id, read_image(case.image_path), read_label(case.label_path), checks)
+            good.append(case)
+        except CaseError as exc:
+            if not skip_bad:
+                raise
+            bad[case.case_id] = exc.problem
+            log(f"skip {exc}")
+    if not good:
+        raise InputError(f"no case left to evaluate ({len(bad)} bad cases skipped)")
+    return good, bad
+
+
 def _run_folder(args: argparse.Namespace) -> int:
-    from ..datasets import discover_cases, split_cases
+    from ..datasets import PairChecks, discover_cases, parse_label_map
     from ..utils.files import check_output_path
     from ..inference import SegmentOptions, segment
     from ..weights import load_model
@@ -303,25 +396,27 @@ def _run_folder(args: argparse.Namespace) -> int:
     for name in OUTPUT_NAMES:  # fail before loading the model and segmenting
         if (Path(args.out) / name).exists():
             check_output_path(Path(args.out) / name, overwrite=args.overwrite)
-    cases = discover_cases(args.data)
-    if args.split != "all":
-        n_all = len(cases)
-        cases = split_cases(cases, seed=args.seed, ratios=tuple(args.ratios))[args.split]
-        if not cases:
-            raise InputError(f"the {args.split} split of {args.data} is empty ({n_all} cases in all; try --split all)")
+    checks = PairChecks(resample_labels=args.resample_labels, label_map=parse_label_map(args.label_map))
+    all_cases = discover_cases(args.data)
     loaded = load_model(args.model, device="cpu")
+    cases, split_info = select_cases(all_cases, args.split, stored_split(loaded.metadata), args.seed, args.ratios,
+                                     args.allow_seen, f"the model {getattr(loaded, 'path', args.model)}")
+    cases, bad = precheck_cases(cases, checks, args.skip_bad, lambda s: print(s, file=sys.stderr))
     options = SegmentOptions(device=args.device)
 
     def segment_fn(image):
         return segment(image, loaded, options).labelmap
 
     meta = {
-        "data": str(args.data), "split": args.split, "seed": args.seed, "ratios": list(args.ratios),
+        "data": str(args.data), "split": args.split, **split_info,
         "model": str(getattr(loaded, "path", args.model)), "model_sha256": getattr(loaded, "sha256", None),
-        "hd95_mode": args.hd95_mode,
+        "hd95_mode": args.hd95_mode, "pair_checks": checks.to_dict(), "skipped": bad,
     }
+    if split_info["seen_cases"]:
+        meta["warning"] = (f"{len(split_info['seen_cases'])} of these cases were used to train or select the model "
+                           "(--allow-seen): not a held-out score")
     summary = evaluate_cases(cases, segment_fn, args.out, overwrite=args.overwrite, hd95_mode=args.hd95_mode,
-                             save_predictions=args.save_predictions, meta=meta)
+                             save_predictions=args.save_predictions, meta=meta, checks=checks)
     print(summary_markdown(summary))
     print(f"wrote {Path(args.out) / 'cases.csv'}, tumours.csv, summary.json, summary.md")
     return 0

@@ -4,7 +4,8 @@ Layout of a cache folder::
 
     CACHE/manifest.json                 what is in the cache (see below)
     CACHE/cases/<case_id>/image.npy     float32 (or float16) (D, H, W) in [0, 1], network grid
-    CACHE/cases/<case_id>/label.npy     uint8 (D, H, W) labels 0/1/2 on the same grid
+    CACHE/cases/<case_id>/label.npy     uint8 (D, H, W) labels 0/1/2 on the same grid (checked
+                                        by datasets.check_pair before anything is stored)
     CACHE/cases/<case_id>/fg.npz        up to 20,000 sampled voxel indices of liver / tumour
 
 The arrays are exactly ``preprocessing.preprocess_image(image, cfg).array`` and
@@ -13,7 +14,8 @@ inference time (float16 storage is an option that rounds by at most 5e-4, about 
 
 ``manifest.json``: ``format_version``, ``preprocessing`` (``PreprocessingConfig.to_dict()``),
 ``dtype``, ``data_root``, ``dataset`` (a name), ``cases`` ({case_id: entry}) and ``split``
-({seed, ratios, train, val, test}). Each entry holds the source paths and checksums (size +
+({seed, ratios, train, val, test}), ``pair_checks`` (``datasets.PairChecks.to_dict()``) and
+``skipped`` ({case_id: {reason, source}}: bad pairs left out with ``--skip-bad``). Each entry holds the source paths and checksums (size +
 mtime_ns, and sha256 when asked; synthetic cases: their generation parameters), the file
 names, ``shape`` (D, H, W), ``spacing_zyx`` (mm), the network ``grid`` geometry, the source
 geometry, ``liver_z`` / ``tumour_z`` (first and last slice index that contain the region,
@@ -33,8 +35,10 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from LiverTumorSegLib.utils.files import atomic_write, atomic_write_json, sha256_file
+
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pairs checked (datasets.check_pair), labels uint8 0/1/2, "skipped"
 FG_SAMPLES = 20000
 DEFAULT_RATIOS = (0.7, 0.1, 0.2)
 DEFAULT_SPLIT_SEED = 42
@@ -84,22 +88,14 @@ def file_checksum(path: os.PathLike | str, sha256: bool = False) -> dict[str, An
         if sha256:
             h = hashlib.sha256()
             for f in files:
-                h.update(_sha256_file(f).encode())
+                h.update(sha256_file(f).encode())
             out["sha256"] = h.hexdigest()
         return out
     st = p.stat()
     out = {"kind": "file", "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
     if sha256:
-        out["sha256"] = _sha256_file(p)
+        out["sha256"] = sha256_file(p)
     return out
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _same_checksum(old: Optional[dict], new: dict) -> bool:
@@ -113,26 +109,16 @@ def _same_checksum(old: Optional[dict], new: dict) -> bool:
     return True
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path, overwrite=True) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
 
 
-def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: os.PathLike | str, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_write(path, overwrite=True) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
 
 def _geometry(img) -> dict[str, Any]:
@@ -189,11 +175,14 @@ class CachedCase:
     def spacing_zyx(self) -> tuple[float, float, float]:
         return tuple(self.entry["spacing_zyx"])  # type: ignore[return-value]
 
+    # Copy-on-write maps ("c"): the arrays are writable in memory (torch.from_numpy on a
+    # read-only map warns, and validation hands the image to the inference pipeline as is)
+    # while the files on disk are never changed.
     def image(self, mmap: bool = True) -> np.ndarray:
-        return np.load(self.root / self.entry["image"], mmap_mode="r" if mmap else None)
+        return np.load(self.root / self.entry["image"], mmap_mode="c" if mmap else None)
 
     def label(self, mmap: bool = True) -> np.ndarray:
-        return np.load(self.root / self.entry["label"], mmap_mode="r" if mmap else None)
+        return np.load(self.root / self.entry["label"], mmap_mode="c" if mmap else None)
 
     def fg(self) -> dict[str, np.ndarray]:
         with np.load(self.root / self.entry["fg"]) as z:
@@ -240,6 +229,7 @@ class Cache:
             "train_cases": list(sp.get("train", [])),
             "val_cases": list(sp.get("val", [])),
             "test_cases": list(sp.get("test", [])),
+            "skipped_cases": sorted(self.manifest.get("skipped") or {}),  # bad pairs left out (--skip-bad)
         }
 
 
@@ -263,10 +253,10 @@ def _store_case(
         raise RuntimeError(f"{case_id}: image {arr.shape} and label {lab.shape} grids differ")
     folder = root / "cases" / _safe_id(case_id)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_save_npy(folder / "image.npy", arr.astype(np.float16 if dtype == "float16" else np.float32))
-    _atomic_save_npy(folder / "label.npy", lab)
+    _save_npy(folder / "image.npy", arr.astype(np.float16 if dtype == "float16" else np.float32))
+    _save_npy(folder / "label.npy", lab)
     rng = np.random.default_rng(seed)
-    _atomic_save_npz(folder / "fg.npz", liver=_fg_samples(lab >= 1, rng), tumor=_fg_samples(lab == 2, rng))
+    _save_npz(folder / "fg.npz", liver=_fg_samples(lab >= 1, rng), tumor=_fg_samples(lab == 2, rng))
     grid = prepared.grid
     sp = grid.GetSpacing()
     rel = folder.relative_to(root)
@@ -313,6 +303,120 @@ def synthetic_params(i: int, options: Optional[dict] = None) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Job:
+    """One case to (maybe) prepare: its id, source description and a loader of (image, label)."""
+
+    case_id: str
+    source: dict
+    load: Callable[[], tuple]
+
+    @property
+    def synthetic(self) -> bool:
+        return "synthetic" in self.source
+
+
+def _real_jobs(data_root, sha256: bool) -> list[_Job]:
+    from LiverTumorSegLib import datasets, image_io
+
+    jobs = []
+    for case in datasets.discover_cases(data_root):
+        src = {
+            "image": str(case.image_path),
+            "label": str(case.label_path),
+            "image_checksum": file_checksum(case.image_path, sha256),
+            "label_checksum": file_checksum(case.label_path, sha256),
+        }
+        jobs.append(_Job(str(case.case_id), src,
+                         lambda case=case: (image_io.read_image(case.image_path), image_io.read_image(case.label_path))))
+    return jobs
+
+
+def _synthetic_job(i: int, options: Optional[dict]) -> _Job:
+    params = synthetic_params(i, options)
+
+    def _make():
+        from LiverTumorSegLib import synthetic as synth
+
+        sc = synth.make_synthetic_ct(
+            size=tuple(params["size"]),
+            spacing=tuple(params["spacing"]),
+            direction=tuple(params["direction"]),
+            seed=params["seed"],
+            scale=params["scale"],
+            n_tumours=tuple(params["n_tumours"]) if isinstance(params["n_tumours"], list) else params["n_tumours"],
+            tumour_diameter_mm=tuple(params["tumour_diameter_mm"]),
+        )
+        return sc.image, sc.label
+
+    return _Job(f"synth-{i:03d}", {"synthetic": params}, _make)
+
+
+def _up_to_date(root: Path, prev: Optional[dict], job: _Job) -> bool:
+    if prev is None or not _files_present(root, prev):
+        return False
+    old = prev.get("source", {})
+    if job.synthetic:
+        return old.get("synthetic") == job.source["synthetic"]
+    return (_same_checksum(old.get("image_checksum"), job.source["image_checksum"])
+            and _same_checksum(old.get("label_checksum"), job.source["label_checksum"]))
+
+
+def _check_jobs(jobs: Sequence[_Job], checks, skip_bad: bool, log: Callable[[str], None]) -> dict[str, dict]:
+    """Read and check every real pair (``datasets.check_pair``) before anything is written.
+
+    Returns ``{case_id: {"reason", "source"}}`` of the bad cases when ``skip_bad``; otherwise
+    the first bad case raises its one-line CaseError (with the count of the others)."""
+    from LiverTumorSegLib.datasets import CaseError, check_pair
+
+    bad: dict[str, dict] = {}
+    first: Optional[CaseError] = None
+    for job in jobs:
+        if job.synthetic:
+            continue
+        image, label = job.load()
+        try:
+            check_pair(job.case_id, image, label, checks)
+        except CaseError as exc:
+            first = first or exc
+            bad[job.case_id] = {"reason": exc.problem, "source": job.source}
+            log(("skip " if skip_bad else "bad ") + str(exc))
+    if first is not None and not skip_bad:
+        more = f" (and {len(bad) - 1} more bad cases)" if len(bad) > 1 else ""
+        raise CaseError(first.case_id, f"{first.problem}{more}; nothing was written (--skip-bad leaves bad cases out)")
+    return bad
+
+
+def _prepare_jobs(root: Path, jobs: Sequence[_Job], todo_ids: set, old_cases: dict, manifest: dict, cfg, dtype: str,
+                  checks, log: Callable[[str], None], progress: bool) -> list[str]:
+    """Store every job in ``todo_ids`` (checked pairs only), keep the others' old entries;
+    the manifest is rewritten after each case, so an interrupted run keeps what is done."""
+    from LiverTumorSegLib.datasets import check_pair
+
+    processed: list[str] = []
+    iterator: Iterable = jobs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(jobs, desc="prepare", unit="case")
+    for job in iterator:
+        if job.case_id in manifest["skipped"]:
+            continue
+        if job.case_id not in todo_ids:
+            manifest["cases"][job.case_id] = old_cases[job.case_id]
+            continue
+        t0 = time.perf_counter()
+        image, label = job.load()
+        label = label if job.synthetic else check_pair(job.case_id, image, label, checks)
+        seed = int(hashlib.sha256(job.case_id.encode()).hexdigest()[:8], 16)
+        entry = _store_case(root, job.case_id, image, label, cfg, dtype, seed)
+        manifest["cases"][job.case_id] = {**entry, "source": job.source}
+        processed.append(job.case_id)
+        atomic_write_json(root / MANIFEST, manifest, overwrite=True)  # an interrupted run keeps what is done
+        log(f"prepared {job.case_id} {tuple(entry['shape'])} in {time.perf_counter() - t0:.1f}s")
+    return processed
+
+
 def prepare_cache(
     out: os.PathLike | str,
     data_root: Optional[os.PathLike | str] = None,
@@ -326,124 +430,64 @@ def prepare_cache(
     dataset_name: Optional[str] = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    checks: Any = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
-    """Create or update a cache; returns ``{"manifest", "processed", "skipped"}``.
+    """Create or update a cache; returns ``{"manifest", "processed", "skipped", "bad"}``.
 
-    Real cases come from ``datasets.discover_cases(data_root)``; ``synthetic`` adds that many
-    ``synthetic.make_synthetic_ct`` cases (ids ``synth-000``...). Cases present in an older
-    manifest but no longer in the sources are dropped from the manifest (their files stay).
+    Real cases come from ``datasets.discover_cases(data_root)``; every pair that needs
+    preparing is checked first (``datasets.check_pair`` with ``checks``, a
+    ``datasets.PairChecks``), and a bad one stops everything before anything is written
+    unless ``skip_bad`` (then it is listed under ``skipped`` in the manifest, outside the
+    split). ``synthetic`` adds that many ``synthetic.make_synthetic_ct`` cases (ids
+    ``synth-000``...). Cases no longer in the sources are dropped from the manifest.
     """
     from LiverTumorSegLib import __version__
+    from LiverTumorSegLib.datasets import PairChecks
+    from LiverTumorSegLib.errors import InputError
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    checks = checks or PairChecks()
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
     cfg = preprocessing if preprocessing is not None and not isinstance(preprocessing, (str, dict)) else load_preprocessing(preprocessing)
-    cfg_dict = cfg.to_dict()
     mpath = root / MANIFEST
-    old = json.loads(mpath.read_text()) if mpath.is_file() else {}
-    old_cases = old.get("cases", {}) if old.get("preprocessing") == cfg_dict and old.get("dtype") == dtype else {}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "created_by": f"LiverTumorSegLib {__version__} training/prepare.py",
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "data_root": str(Path(data_root).resolve()) if data_root else None,
         "dataset": dataset_name or (Path(data_root).name if data_root else "synthetic"),
-        "preprocessing": cfg_dict,
+        "preprocessing": cfg.to_dict(),
         "dtype": dtype,
+        "pair_checks": checks.to_dict(),
         "cases": {},
+        "skipped": {},
         "split": {},
     }
-    processed: list[str] = []
-    skipped: list[str] = []
-
-    jobs: list[tuple[str, dict, Callable[[], tuple]]] = []
-    if data_root:
-        from LiverTumorSegLib import datasets, image_io
-
-        for case in datasets.discover_cases(data_root):
-            src = {
-                "image": str(case.image_path),
-                "label": str(case.label_path) if case.label_path else None,
-                "image_checksum": file_checksum(case.image_path, sha256),
-                "label_checksum": file_checksum(case.label_path, sha256) if case.label_path else None,
-            }
-            if case.label_path is None:
-                log(f"skip {case.case_id}: no label")
-                continue
-
-            def _load(case=case):
-                return image_io.read_image(case.image_path), image_io.read_image(case.label_path)
-
-            jobs.append((str(case.case_id), src, _load))
-    for i in range(int(synthetic)):
-        params = synthetic_params(i, synthetic_options)
-        src = {"synthetic": params}
-
-        def _make(params=params):
-            from LiverTumorSegLib import synthetic as synth
-
-            sc = synth.make_synthetic_ct(
-                size=tuple(params["size"]),
-                spacing=tuple(params["spacing"]),
-                direction=tuple(params["direction"]),
-                seed=params["seed"],
-                scale=params["scale"],
-                n_tumours=tuple(params["n_tumours"]) if isinstance(params["n_tumours"], list) else params["n_tumours"],
-                tumour_diameter_mm=tuple(params["tumour_diameter_mm"]),
-            )
-            return sc.image, sc.label
-
-        jobs.append((f"synth-{i:03d}", src, _make))
-
-    ids = [j[0] for j in jobs]
+    old = json.loads(mpath.read_text()) if mpath.is_file() else {}
+    same = all(old.get(k) == manifest[k] for k in ("format_version", "preprocessing", "dtype", "pair_checks"))
+    old_cases = old.get("cases", {}) if same else {}
+    jobs = (_real_jobs(data_root, sha256) if data_root else []) + [_synthetic_job(i, synthetic_options) for i in range(int(synthetic))]
+    ids = [j.case_id for j in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate case ids among the sources")
-    iterator: Iterable = jobs
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(jobs, desc="prepare", unit="case")
-    for n, (case_id, src, loader) in enumerate(iterator):
-        prev = old_cases.get(case_id)
-        up_to_date = (
-            prev is not None
-            and _files_present(root, prev)
-            and (
-                prev.get("source", {}).get("synthetic") == src.get("synthetic")
-                if "synthetic" in src
-                else (
-                    _same_checksum(prev.get("source", {}).get("image_checksum"), src["image_checksum"])
-                    and _same_checksum(prev.get("source", {}).get("label_checksum"), src["label_checksum"])
-                )
-            )
-        )
-        if up_to_date:
-            manifest["cases"][case_id] = prev
-            skipped.append(case_id)
-            continue
-        t0 = time.perf_counter()
-        image, label = loader()
-        seed = int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16)
-        entry = _store_case(root, case_id, image, label, cfg, dtype, seed)
-        entry["source"] = src
-        manifest["cases"][case_id] = entry
-        processed.append(case_id)
-        write_json_atomic(mpath, manifest)  # an interrupted run keeps what is done
-        log(f"prepared {case_id} {tuple(entry['shape'])} in {time.perf_counter() - t0:.1f}s")
-
-    if not manifest["cases"]:
-        from LiverTumorSegLib.errors import InputError
-
-        raise InputError("no cases to prepare (no labelled cases found and --synthetic 0)")
+    todo = [j for j in jobs if not _up_to_date(root, old_cases.get(j.case_id), j)]
+    manifest["skipped"] = _check_jobs(todo, checks, skip_bad, log)
+    if len(manifest["skipped"]) == len(jobs):
+        raise InputError("no cases to prepare (no good labelled cases found and --synthetic 0)")
+    root.mkdir(parents=True, exist_ok=True)
+    processed = _prepare_jobs(root, jobs, {j.case_id for j in todo}, old_cases, manifest, cfg, dtype, checks, log, progress)
     manifest["split"] = make_split(sorted(manifest["cases"]), split_seed, ratios)
-    write_json_atomic(mpath, manifest)
+    atomic_write_json(mpath, manifest, overwrite=True)
+    up = len(manifest["cases"]) - len(processed)
     log(
-        f"cache {root}: {len(manifest['cases'])} cases ({len(processed)} prepared, {len(skipped)} up to date); "
-        f"split train/val/test = {len(manifest['split']['train'])}/{len(manifest['split']['val'])}/{len(manifest['split']['test'])}"
+        f"cache {root}: {len(manifest['cases'])} cases ({len(processed)} prepared, {up} up to date, "
+        f"{len(manifest['skipped'])} skipped as bad); split train/val/test = "
+        f"{len(manifest['split']['train'])}/{len(manifest['split']['val'])}/{len(manifest['split']['test'])}"
     )
-    return {"manifest": manifest, "processed": processed, "skipped": skipped}
+    return {"manifest": manifest, "processed": processed, "skipped": [j.case_id for j in jobs if j.case_id in manifest["cases"] and j.case_id not in processed],
+            "bad": sorted(manifest["skipped"])}
 
 
 def make_split(case_ids: Sequence[str], seed: int, ratios: Sequence[float]) -> dict[str, Any]:

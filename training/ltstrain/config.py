@@ -9,7 +9,8 @@ Paper (Sec. 4.2) and the choices where the paper is silent (documented in
   its value was lost; 3e-4 is the usual safe Adam rate for 3D U-Nets with batch 1 and keeps
   the codebook stable), weight decay 0.
 - An epoch = ``samples_per_case`` (1) random crops per training case (paper: batch 1).
-- Inputs: 48 consecutive slices inside the liver slice range, in-plane crop ``patch_size[1:]``
+- Inputs: 48 consecutive slices inside the liver slice range (``slab_sampling`` "liver";
+  "any" draws the slab anywhere in the volume), in-plane crop ``patch_size[1:]``
   (256 x 256 = the whole preprocessed plane, as in the paper; smaller on CPU); with
   probability ``fg_prob`` the in-plane crop is centred on a random liver/tumour voxel.
 - Validation every ``val_every`` epochs, sliding window on whole validation volumes;
@@ -18,11 +19,18 @@ Paper (Sec. 4.2) and the choices where the paper is silent (documented in
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from LiverTumorSegLib.errors import ConfigError
+from LiverTumorSegLib.utils.files import atomic_write_json
+from LiverTumorSegLib.utils.config import dataclass_from_dict, dataclass_to_dict
+
+LR_SCHEDULES = ("cosine", "constant", "poly")
+AMP_MODES = ("auto", "on", "off")
+SLAB_SAMPLING = ("liver", "any")
 
 
 @dataclass
@@ -51,6 +59,10 @@ class TrainConfig:
     max_iters_per_epoch: Optional[int] = None  # cap (smoke runs)
     batch_size: int = 1
     patch_size: tuple[int, int, int] = (48, 256, 256)  # (z, y, x) network input
+    # z slab of patch_size[0] consecutive slices: "liver" = inside the case's liver slice range
+    # (the paper's regime); "any" = anywhere in the volume (a whole-field-of-view locator that
+    # must also see chest and pelvis)
+    slab_sampling: str = "liver"
     fg_prob: float = 0.5  # in-plane crop centred on foreground with this probability
     tumour_prob: float = 0.5  # ... of which on a tumour voxel when the slab has one
     lr: float = 3e-4
@@ -81,44 +93,32 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k in ("patch_size", "betas", "val_window"):
-            if d[k] is not None:
-                d[k] = list(d[k])
-        d["augment"]["flip_prob"] = list(d["augment"]["flip_prob"])
-        return d
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = copy.deepcopy(dict(d))
-        d.pop("_comment", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
-        aug = d.pop("augment", None)
-        cfg = cls(**d)
-        if isinstance(aug, dict):
-            aknown = {f.name for f in dataclasses.fields(AugmentConfig)}
-            bad = sorted(set(aug) - aknown)
-            if bad:
-                raise ValueError(f"unknown augment keys: {', '.join(bad)}")
-            cfg.augment = AugmentConfig(**aug)
+        """Strict: unknown keys (also in ``augment``) and invalid values raise ConfigError."""
+        cfg = dataclass_from_dict(cls, copy.deepcopy(dict(d)), "training config")
+        if not isinstance(cfg.augment, AugmentConfig):
+            raise ConfigError(f"augment must be an object, got {cfg.augment!r}")
         cfg.normalise()
         return cfg
 
     def normalise(self) -> "TrainConfig":
-        self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
+        """Tuples where tuples belong, and the enumerated fields checked (ConfigError)."""
+        try:
+            self.patch_size = tuple(int(p) for p in self.patch_size)  # type: ignore[assignment]
+            self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+            if self.val_window is not None:
+                self.val_window = tuple(int(v) for v in self.val_window)  # type: ignore[assignment]
+            self.augment.flip_prob = tuple(float(p) for p in self.augment.flip_prob)  # type: ignore[assignment]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid training config value: {exc}") from None
         if len(self.patch_size) != 3:
-            raise ValueError(f"patch_size must have 3 values (z, y, x), got {self.patch_size}")
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        if self.val_window is not None:
-            self.val_window = tuple(int(v) for v in self.val_window)  # type: ignore[assignment]
-        self.augment.flip_prob = tuple(float(p) for p in self.augment.flip_prob)  # type: ignore[assignment]
-        if self.lr_schedule not in ("cosine", "constant", "poly"):
-            raise ValueError(f"lr_schedule must be cosine, constant or poly, got {self.lr_schedule!r}")
-        if self.amp not in ("auto", "on", "off"):
-            raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
+            raise ConfigError(f"patch_size must have 3 values (z, y, x), got {list(self.patch_size)}")
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("amp", AMP_MODES), ("slab_sampling", SLAB_SAMPLING)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         return self
 
     @classmethod
@@ -126,7 +126,7 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict(), overwrite=True)
 
     def with_updates(self, updates: dict[str, Any]) -> "TrainConfig":
         """A copy with dotted-key updates, e.g. ``{"model_overrides.features": [4, 8]}``."""
@@ -151,7 +151,7 @@ def parse_set(items: Optional[list[str]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)

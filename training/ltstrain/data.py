@@ -7,14 +7,16 @@ sees exactly the samples the uninterrupted run would have seen.
 
 Patch choice (paper: "48 consecutive slices that contain liver"):
 
-- z: a window of ``patch_size[0]`` consecutive slices inside the liver slice range
-  ``liver_z`` of the case (when the liver spans fewer slices than the window, a window that
-  covers the whole liver range, clipped to the volume); volumes smaller than the window are
-  padded (image 0 = the lower HU clip, label 0).
+- z (``slab_sampling`` "liver", the default): a window of ``patch_size[0]`` consecutive
+  slices inside the liver slice range ``liver_z`` of the case (when the liver spans fewer
+  slices than the window, a window that covers the whole liver range, clipped to the volume);
+  ``slab_sampling`` "any": a window anywhere in the volume, uniformly (a whole-field-of-view
+  liver locator must also see chest and pelvis). Volumes smaller than the window are padded
+  (image 0 = the lower HU clip, label 0).
 - in-plane: with probability ``fg_prob`` centred (jitter +- a quarter patch) on a random
   liver voxel of the slab, or a tumour voxel with probability ``tumour_prob`` when the slab has
-  tumour; otherwise uniformly random. With the paper's 256 x 256 patch on a 256 x 256 plane
-  this choice has no effect.
+  tumour; otherwise (and always when the slab has no liver) uniformly random. With the
+  paper's 256 x 256 patch on a 256 x 256 plane this choice has no effect.
 """
 from __future__ import annotations
 
@@ -45,11 +47,15 @@ def crop_pad(arr: np.ndarray, start: Sequence[int], size: Sequence[int], fill: f
     return out
 
 
-def choose_z(rng: np.random.Generator, depth: int, pz: int, liver_z: Optional[Sequence[int]]) -> int:
-    """First slice of the z window (may be negative when the volume is thinner than pz)."""
+def choose_z(rng: np.random.Generator, depth: int, pz: int, liver_z: Optional[Sequence[int]],
+             slab_sampling: str = "liver") -> int:
+    """First slice of the z window (may be negative when the volume is thinner than pz).
+
+    ``slab_sampling`` "liver": inside the liver slice range ``liver_z``; "any": anywhere.
+    """
     if depth <= pz:
         return -((pz - depth) // 2)
-    a, b = (0, depth - 1) if not liver_z else (int(liver_z[0]), int(liver_z[1]))
+    a, b = (0, depth - 1) if (not liver_z or slab_sampling == "any") else (int(liver_z[0]), int(liver_z[1]))
     if b - a + 1 >= pz:
         lo, hi = a, b - pz + 1
     else:
@@ -140,7 +146,7 @@ class PatchDataset(Dataset):
         img = case.image()
         lab = case.label()
         d, h, w = img.shape
-        z0 = choose_z(rng, d, pz, case.entry.get("liver_z"))
+        z0 = choose_z(rng, d, pz, case.entry.get("liver_z"), cfg.slab_sampling)
         cy = cx = None
         if cfg.fg_prob > 0 and rng.random() < cfg.fg_prob:
             fg = self._fg_of(case)

@@ -28,8 +28,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from LiverTumorSegLib.utils.files import atomic_write_json, atomic_write_text
+
 from . import paper, tables
-from .cache import Cache, prepare_cache, write_json_atomic
+
+from .cache import Cache, prepare_cache
 from .config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -161,7 +164,8 @@ def train_or_reuse(ctx: Context, cfg: TrainConfig) -> Path:
     resume = rd / "last.safetensors" if (rd / "last.safetensors").is_file() and (rd / "last.optim.json").is_file() else None
     ctx.log(f"[train] {cfg.model} seed {cfg.seed} -> {rd}" + (" (resuming)" if resume else ""))
     t0 = time.perf_counter()
-    train(cfg, ctx.cache, rd, resume=resume, log=ctx.log if not ctx.smoke else (lambda *_: None))
+    # the folder is this experiment's own: a leftover without a checkpoint is replaced
+    train(cfg, ctx.cache, rd, resume=resume, log=ctx.log if not ctx.smoke else (lambda *_: None), overwrite=True)
     ctx.log(f"[train] done in {time.perf_counter() - t0:.1f}s")
     return rd
 
@@ -193,7 +197,7 @@ def test_or_reuse(ctx: Context, rd: Path, cfg: TrainConfig) -> dict:
     res["checkpoint"] = str(ckpt)
     res["model"] = cfg.model
     res["seed"] = cfg.seed
-    write_json_atomic(path, res)
+    atomic_write_json(path, res, overwrite=True)
     return res
 
 
@@ -433,7 +437,7 @@ def exp_table3(ctx: Context) -> dict:
         ],
         paper_header=header, paper_rows=prow,
     )
-    write_json_atomic(ctx.out / "table3.json", per_kind)
+    atomic_write_json(ctx.out / "table3.json", per_kind, overwrite=True)
     return {"per_kind": per_kind}
 
 
@@ -598,4 +602,4 @@ def write_readme(ctx: Context, name: str, seconds: float) -> None:
         "",
     ]
     ctx.base.save(ctx.out / "base_config.json")
-    path.write_text("\n".join(head) + "\n".join(sections[k] for k in sorted(sections)))
+    atomic_write_text(path, "\n".join(head) + "\n".join(sections[k] for k in sorted(sections)), overwrite=True)

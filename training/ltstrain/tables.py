@@ -13,6 +13,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from LiverTumorSegLib.utils.files import atomic_write, atomic_write_text
+
 REGIONS = ("liver", "tumor")
 ORGAN = {"liver": "Liver", "tumor": "Tumor"}
 METRICS = ("dice", "voe", "rvd", "asd", "hd95")
@@ -97,7 +99,7 @@ def write_metric_table(
         _write_csv(out / f"{name}_paper.csv", pcsv)
     parts += [f"- {n}" for n in notes]
     md = out / f"{name}.md"
-    md.write_text("\n".join(parts).rstrip() + "\n")
+    atomic_write_text(md, "\n".join(parts).rstrip() + "\n", overwrite=True)
     _write_csv(out / f"{name}.csv", csv_rows)
     return {"md": md, "csv": out / f"{name}.csv"}
 
@@ -124,7 +126,7 @@ def write_simple_table(
         _write_csv(out / f"{name}_paper.csv", [dict(zip(paper_header or header, r)) for r in paper_rows])
     parts += [f"- {n}" for n in notes]
     md = out / f"{name}.md"
-    md.write_text("\n".join(parts).rstrip() + "\n")
+    atomic_write_text(md, "\n".join(parts).rstrip() + "\n", overwrite=True)
     _write_csv(out / f"{name}.csv", [dict(zip(header, r)) for r in rows])
     return {"md": md, "csv": out / f"{name}.csv"}
 
@@ -143,7 +145,7 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
         for k in r:
             if k not in fields:
                 fields.append(k)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
