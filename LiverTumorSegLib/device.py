@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .errors import LiverTumorSegError
+from .errors import ConfigError, LiverTumorSegError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -66,7 +66,7 @@ def choose_cpu_threads(requested: Optional[int] = None) -> int:
     """
     if requested is not None:
         if int(requested) < 1:
-            raise LiverTumorSegError(f"--threads must be >= 1, got {requested}")
+            raise ConfigError(f"--threads must be >= 1, got {requested}")
         return int(requested)
     n = available_cpus()
     try:
