@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also report per-tumour detection and Dice by size stratum")
     p.add_argument("--hd95", dest="hd95_mode", choices=metrics.HD95_MODES, default="pooled",
                    help="HD95 definition: pooled (medpy/LiTS, default) or max_directed")
+    p.add_argument("--asd", dest="asd_mode", choices=metrics.ASD_MODES, default="mean-of-directed",
+                   help="ASD definition: mean-of-directed = (mean d(P->G) + mean d(G->P)) / 2, medpy <= 0.4 as "
+                        "in the LiTS evaluation (default); pooled = mean of both distance sets together, medpy 0.5")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g = p.add_argument_group("folder mode (segment and evaluate every case of a split)")
     g.add_argument("--data", default=None, help="data folder (LiTS, Decathlon or image/label pairs)")
@@ -156,7 +159,8 @@ def _run_pair(args: argparse.Namespace) -> int:
     pred = label_array(pred_img, "prediction")
     ref = label_array(ref_img, "reference")
     spacing = ref_img.GetSpacing()[::-1]
-    result: Dict[str, object] = metrics.evaluate_case(pred, ref, spacing, hd95_mode=args.hd95_mode)
+    result: Dict[str, object] = metrics.evaluate_case(pred, ref, spacing, hd95_mode=args.hd95_mode,
+                                                      asd_mode=args.asd_mode)
     print(metrics.format_table(result))
     if args.tumour_analysis:
         analysis = metrics.tumour_analysis(pred, ref, spacing)
@@ -236,6 +240,7 @@ def evaluate_cases(
     out_dir,
     overwrite: bool = False,
     hd95_mode: str = "pooled",
+    asd_mode: str = "mean-of-directed",
     save_predictions: bool = False,
     meta: Optional[Dict[str, object]] = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
@@ -253,7 +258,7 @@ def evaluate_cases(
         check_output_path(out / name, overwrite=overwrite)  # also creates the folder
     if save_predictions:
         (out / "predictions").mkdir(exist_ok=True)
-    agg = metrics.MetricsAggregator(hd95_mode=hd95_mode)
+    agg = metrics.MetricsAggregator(hd95_mode=hd95_mode, asd_mode=asd_mode)
     rows: List[Dict[str, object]] = []
     for i, case in enumerate(cases, 1):
         t0 = time.perf_counter()
@@ -267,7 +272,7 @@ def evaluate_cases(
         if save_predictions:
             write_labelmap(pred_img, out / "predictions" / f"{case.case_id.replace('/', '_')}.nii.gz", overwrite=True)
         spacing = ref_img.GetSpacing()[::-1]
-        res = metrics.evaluate_case(pred, ref, spacing, hd95_mode=hd95_mode)
+        res = metrics.evaluate_case(pred, ref, spacing, hd95_mode=hd95_mode, asd_mode=asd_mode)
         analysis = metrics.tumour_analysis(pred, ref, spacing, connectivity=agg.connectivity)
         agg.add_result(case.case_id, res, metrics.overlap_counts(pred, ref), analysis)
         row: Dict[str, object] = {"case_id": case.case_id}
@@ -318,9 +323,10 @@ def _run_folder(args: argparse.Namespace) -> int:
         "data": str(args.data), "split": args.split, "seed": args.seed, "ratios": list(args.ratios),
         "model": str(getattr(loaded, "path", args.model)), "model_sha256": getattr(loaded, "sha256", None),
         "hd95_mode": args.hd95_mode,
+        "asd_mode": args.asd_mode,
     }
     summary = evaluate_cases(cases, segment_fn, args.out, overwrite=args.overwrite, hd95_mode=args.hd95_mode,
-                             save_predictions=args.save_predictions, meta=meta)
+                             asd_mode=args.asd_mode, save_predictions=args.save_predictions, meta=meta)
     print(summary_markdown(summary))
     print(f"wrote {Path(args.out) / 'cases.csv'}, tumours.csv, summary.json, summary.md")
     return 0
