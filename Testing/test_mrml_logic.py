@@ -60,7 +60,7 @@ def _check_segmentation(mrml, seg_node, volume, labels, study=None):
     assert t_liver["category"] == ("SCT", "123037004", "Anatomical Structure")
     assert t_liver["type"] == ("SCT", "10200004", "Liver")
     assert t_tumour["category"] == ("SCT", "49755003", "Morphologically Altered Structure")
-    assert t_tumour["type"] == ("SCT", "108369006", "Neoplasm")
+    assert t_tumour["type"] == ("SCT", "4147007", "Mass")
     assert t_tumour["region"] == ("SCT", "10200004", "Liver")
     # reference geometry = the input volume's
     ref = seg_node.GetNodeReference(seg_node.GetReferenceImageGeometryReferenceRole())

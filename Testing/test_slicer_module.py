@@ -425,7 +425,7 @@ def test_terminology_entry_tags():
     liver = parse_terminology_string(LIVER.terminology_string)
     tumour = parse_terminology_string(LIVER_TUMOR.terminology_string)
     assert liver["category"][1] == "123037004" and liver["type"][1] == "10200004" and liver["region"] is None
-    assert tumour["category"][1] == "49755003" and tumour["type"][1] == "108369006"
+    assert tumour["category"][1] == "49755003" and tumour["type"][1] == "4147007"
     assert tumour["region"] == ("SCT", "10200004", "Liver")
     assert tumour["type_modifier"] is None and tumour["region_modifier"] is None
     assert "3D Slicer General Anatomy" in liver["context"] and liver["anatomic_context"]
@@ -550,3 +550,19 @@ def test_batch_script_help_runs_without_slicer():
     out = subprocess.run([sys.executable, str(MODULE_DIR / "Scripts" / "batch_segment.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--input-folder" in out.stdout
+
+
+def test_tumour_terminology_is_in_the_general_anatomy_context_and_neoplasm_still_reads():
+    """Slicer's SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json (checked in Slicer's
+    source) has Morphologically Altered Structure / Mass (SCT 4147007) but not Neoplasm
+    (SCT 108369006, DICOM master list only): the tumour is written as Mass in that context;
+    segmentations written before (Neoplasm) are still recognised as tumour."""
+    from LiverTumorSegLib.terminology import LIVER_TUMOR, SLICER_CONTEXT, label_for_segment
+
+    assert SLICER_CONTEXT == "Segmentation category and type - 3D Slicer General Anatomy list"
+    assert LIVER_TUMOR.type == ("SCT", "4147007", "Mass")
+    assert LIVER_TUMOR.terminology["contextName"] == SLICER_CONTEXT
+    assert "108369006" not in LIVER_TUMOR.terminology_string
+    old = {"name": "Segment_2", "terminology": {"type": ["SCT", "108369006", "Neoplasm"]}}
+    assert label_for_segment(old) == 2
+    assert label_for_segment({"name": "x", "terminology": {"type": ["SCT", "4147007", "Mass"]}}) == 2
