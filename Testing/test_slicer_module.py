@@ -151,10 +151,12 @@ def test_top_level_cmake_metadata():
     assert sets["EXTENSION_CATEGORY"] == "Segmentation"
     assert sets["EXTENSION_DEPENDS"] == "PyTorch"
     assert sets["EXTENSION_HOMEPAGE"].startswith("https://github.com/")
-    for key in ("EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in ("EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL"):
         assert sets.get(key), key
-    for url_key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
-        assert (REPO / "Resources" / sets[url_key].rsplit("/", 1)[-1]).is_file(), url_key
+    assert (REPO / "Resources" / sets["EXTENSION_ICONURL"].rsplit("/", 1)[-1]).is_file()
+    # the only picture is a drawing: no screenshot is claimed until a real capture exists
+    assert sets["EXTENSION_SCREENSHOTURLS"] == ""
+    assert not list((REPO / "Resources").glob("Screenshot*"))
     assert ("find_package", ["Slicer", "REQUIRED"]) in cmds
     assert ("add_subdirectory", ["LiverTumorSeg"]) in cmds
     assert "Slicer_EXTENSION_GENERATE_CONFIG" in text and "Slicer_EXTENSION_CPACK" in text
@@ -385,7 +387,7 @@ def test_icons_are_real_pngs():
 
     for path, size in ((MODULE_DIR / "Resources" / "Icons" / "LiverTumorSeg.png", (128, 128)),
                        (REPO / "Resources" / "LiverTumorSeg.png", (128, 128)),
-                       (REPO / "Resources" / "Screenshot01.png", None)):
+                       (REPO / "Resources" / "Drawing01-not-a-screenshot.png", None)):
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:
