@@ -222,7 +222,31 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.selectModelInCombo(self._parameterNode.model)
             self.ui.reportTableView.setMRMLTableNode(self._parameterNode.reportTable)
+        self.showQuality(self._reportOfTable(self._parameterNode.reportTable if self._parameterNode else None))
         self.updateButtons()
+
+    @staticmethod
+    def _reportOfTable(table):
+        from LiverTumorSegCore import mrml
+
+        try:
+            return mrml.report_from_table(table)
+        except ValueError:  # not our JSON
+            return None
+
+    def showQuality(self, report):
+        """Quality flags beside the result: an icon (warning or information) and one line per flag."""
+        import qt
+
+        from LiverTumorSegCore import mrml
+
+        level = mrml.quality_level(report)
+        self.ui.qualityLabel.text = mrml.quality_html(report)
+        self.ui.qualityLabel.visible = bool(level)
+        self.ui.qualityIconLabel.visible = bool(level)
+        if level:
+            icon = qt.QStyle.SP_MessageBoxWarning if level == "warning" else qt.QStyle.SP_MessageBoxInformation
+            self.ui.qualityIconLabel.setPixmap(slicer.app.style().standardIcon(icon).pixmap(24, 24))
 
     def updateButtons(self, caller=None, event=None):
         if self._job is not None:
@@ -447,6 +471,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table = scene.GetNodeByID(ids.get("table_node_id")) if ids.get("table_node_id") else None
             self._parameterNode.reportTable = table
             self.ui.reportTableView.setMRMLTableNode(table)
+            self.showQuality(report)
             self.ui.resultsCollapsibleButton.collapsed = False
             self.log(report_summary(report))
             for note in report.get("notes") or []:

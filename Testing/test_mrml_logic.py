@@ -166,7 +166,7 @@ REPORT = {
     "tumour_burden_percent": 0.8205,
     "tumours": [
         {"id": 1, "volume_ml": 10.25, "max_diameter_mm": 31.04, "centroid_lps_mm": [10.0, -20.0, 30.0],
-         "centroid_ras_mm": [-10.0, 20.0, 30.0]},
+         "centroid_ras_mm": [-10.0, 20.0, 30.0], "confidence": 0.8134, "max_probability": 0.991},
         {"id": 2, "volume_ml": 2.25, "max_diameter_mm": 12.0, "centroid_lps_mm": [1.0, 2.0, 3.0]},
     ],
 }
@@ -179,14 +179,41 @@ def test_report_table(mrml):
     rows = core.table_contents(table)
     assert rows[0] == list(core.REPORT_COLUMNS)
     assert rows[1][:2] == ["Liver", "1523.46"]
-    assert rows[2][0] == "Liver tumors (all)" and rows[2][1] == "12.500" and "2 tumour(s)" in rows[2][6]
-    assert "burden 0.82 %" in rows[2][6]
-    assert rows[3] == ["Tumor 1", "10.250", "31.0", "-10.0", "20.0", "30.0", ""]
+    assert rows[0][6] == "Confidence"
+    assert rows[2][0] == "Liver tumors (all)" and rows[2][1] == "12.500" and "2 tumour(s)" in rows[2][7]
+    assert "burden 0.82 %" in rows[2][7]
+    assert rows[3] == ["Tumor 1", "10.250", "31.0", "-10.0", "20.0", "30.0", "0.81", "max P(tumour) 0.99"]
     assert rows[4][3:6] == ["-1.0", "-2.0", "3.0"]  # RAS from LPS when only LPS is given
+    assert rows[4][6:] == ["", ""]  # a report without probabilities: no confidence
     assert core.report_from_table(table)["tumour_count"] == 2
     # updating in place replaces the rows
     core.create_or_update_report_table(mrml.scene, dict(REPORT, tumours=[], tumour_count=0), table)
     assert len(core.table_contents(table)) == 3
+
+
+def test_quality_flags_for_the_panel():
+    """What the panel shows beside the result (icon level and text), from the report or from the
+    report JSON kept on the table node (a reloaded scene shows the same)."""
+    from LiverTumorSegCore import mrml as core
+
+    assert core.quality_level(REPORT) == "" and core.quality_html(REPORT) == "" and core.quality_flags(None) == []
+    flags = [{"code": "synthetic_training", "severity": "info", "message": "trained on synthetic CT"},
+             {"code": "partial_liver", "severity": "warning", "message": "liver touches the <first slice>"}]
+    report = dict(REPORT, quality=flags)
+    assert [f["code"] for f in core.quality_flags(report)] == ["partial_liver", "synthetic_training"]
+    assert core.quality_level(report) == "warning"
+    assert core.quality_level(dict(REPORT, quality=flags[:1])) == "info"
+    text = core.quality_html(report)
+    assert text.index("partial_liver") < text.index("synthetic_training")
+    assert "&lt;first slice&gt;" in text and text.count("<br>") == 1
+
+
+def test_quality_flags_survive_in_the_table_node(mrml):
+    from LiverTumorSegCore import mrml as core
+
+    flags = [{"code": "thick_slices", "severity": "warning", "message": "6.0 mm"}]
+    table = core.create_or_update_report_table(mrml.scene, dict(REPORT, quality=flags), name="q")
+    assert core.quality_flags(core.report_from_table(table)) == flags
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
@@ -480,6 +507,14 @@ def test_batch_segments_a_folder(mrml, tmp_path, monkeypatch):
         table = list(csv.DictReader(f))
     assert [r["case"] for r in table] == ["case1", "case2_flat"] and table[0]["tumour_count"] == "1"
     assert (out / "liver_tumor_tumours.csv").read_text().count("case1") == 1
+    # quality flags in the case CSV, per-tumour confidence in the tumour CSV
+    assert table[0]["quality_warnings"] == "partial_liver"
+    assert table[0]["quality"] == ("warning partial_liver: liver touches the first slice | "
+                                   "info synthetic_training: synthetic CT")
+    assert table[1]["quality_warnings"] == "" and table[1]["quality"] == ""  # failed case: no report
+    with open(out / "liver_tumor_tumours.csv", newline="") as f:
+        (tumour,) = list(csv.DictReader(f))
+    assert tumour["confidence"] == "0.875" and tumour["max_probability"] == "0.99"
     assert json.loads((out / "case1.report.json").read_text())["tumour_count"] == 1
     # the .seg.nrrd opens with the right segments on the input grid
     slicer = mrml.slicer
