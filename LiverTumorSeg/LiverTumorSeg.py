@@ -354,8 +354,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallDependencies(self):
         if not slicer.util.confirmOkCancelDisplay(
-                _("Install or upgrade PyTorch and the Python packages this module needs? This downloads "
-                  "several hundred MB and can take minutes.")):
+                _("Install PyTorch if it is missing and install or upgrade the Python packages this module "
+                  "needs? This can download several hundred MB and take minutes.")):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to install the dependencies."), waitCursor=True):
             for line in self.logic.installDependencies(upgrade=True):
