@@ -826,6 +826,7 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(exported.shape, labels.shape)
         self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(report["slicer"]["table_node_id"]))
         self.assertIn("liver_volume_ml", report)
+        self.assertIsInstance(report.get("quality"), list)
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesSceneUnchanged(self):

@@ -81,7 +81,7 @@ def test_report_json_and_same_result_as_library(case, capsys, tmp_path):
     r = json.loads(rep.read_text())
     for key in ("liver_volume_ml", "liver_parenchyma_volume_ml", "tumour_count", "tumour_total_volume_ml",
                 "tumour_burden_percent", "tumours", "model", "device", "timings_s", "postprocessing", "image",
-                "input", "output", "compute"):
+                "input", "output", "compute", "quality"):
         assert key in r, key
     assert r["model"]["sha256"] == load_model(case["weights"]).sha256
     assert r["postprocessing"]["options"]["fill_holes"] is False
