@@ -639,8 +639,9 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
             if torch is None or newStatus != "ok":
                 raise DependencyError(_("PyTorch {requirement} could not be installed (installed: {version}).").format(
                     requirement=deps.TORCH_REQUIREMENT, version=newVersion or _("none")))
+            note = _(" (was {version}); restart Slicer").format(version=version) if version else ""
             done.append(_("PyTorch {version} installed by the PyTorch extension{note}.").format(
-                version=newVersion, note=_(" (was {version}); restart Slicer").format(version=version) if version else ""))
+                version=newVersion, note=note))
         elif upgrade:
             done.append(_("PyTorch {version} is installed and satisfies {requirement}; it is managed by the PyTorch "
                           "extension and was not changed (use the PyTorch Utils module to change it).").format(
