@@ -532,3 +532,50 @@ def test_batch_segments_a_folder(mrml, tmp_path, monkeypatch):
     # a second run skips the finished case
     rows = run_batch(inp, out, mrml.scene, command_prefix=write_fake_cli(tmp_path), log=lines.append)
     assert rows[0]["status"] == "skipped"
+
+
+def test_install_dependencies_reports_truthfully_and_pins(mrml, monkeypatch):
+    """installDependencies with the real module file: torch present -> PyTorchUtils untouched and
+    "upgrade" says torch was not changed; pip goes through slicer.packaging.pip_install (5.12+)
+    when importable, else slicer.util.pip_install, always with the constraints file that pins
+    numpy, SimpleITK, scipy and torch; scipy is never upgraded."""
+    import types
+
+    import slicer
+
+    from LiverTumorSegCore import deps
+    from mrml_fixture import import_module_file
+
+    module = import_module_file(monkeypatch)
+    logic = module.LiverTumorSegLogic()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # any use of the extension would fail
+    monkeypatch.setattr(logic, "requirements", lambda: ["scipy>=1.10", "tqdm>=4.60"])
+    calls = []
+
+    def fake_pip(args, constraints=None, requester=None):
+        text = open(constraints if constraints else args[args.index("-c") + 1]).read()
+        calls.append((list(args), text))
+
+    # Slicer 5.6-5.10: no slicer.packaging
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)
+    monkeypatch.setattr(slicer, "util", types.SimpleNamespace(pip_install=fake_pip), raising=False)
+    lines = logic.installDependencies(upgrade=True)
+    assert any("PyTorch" in l and "not changed" in l for l in lines), lines
+    assert any(l.startswith("scipy>=1.10: kept") for l in lines)
+    (args, pins), = calls
+    assert args[0] == "tqdm>=4.60" and "--upgrade" in args and "-c" in args and "scipy" not in args[0]
+    for name in ("numpy", "SimpleITK", "scipy", "torch"):
+        assert f"{name}==" in pins, name
+    # Slicer >= 5.12: slicer.packaging.pip_install with constraints=
+    calls.clear()
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_install = fake_pip
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    logic.installDependencies(upgrade=True)
+    (args, pins), = calls
+    assert args == ["tqdm>=4.60", "--upgrade"] and "torch==" in pins
+    # nothing missing and no upgrade: pip is not called at all
+    calls.clear()
+    assert logic.installDependencies(upgrade=False) == ["scipy>=1.10: kept the version bundled with Slicer."]
+    assert calls == [] and deps.torch_status()[0] == "ok"
