@@ -64,6 +64,21 @@ report = logic.segment(slicer.util.getNode("CTChest"), device="auto")
 print(report["liver_volume_ml"], report["tumour_count"])"""
 
 
+def _localFileUrl(path):
+    """file:// URL of a file shipped with the module (help links never point to the web)."""
+    from pathlib import Path
+
+    return Path(os.path.abspath(path)).as_uri()
+
+
+def _libraryFile(*parts):
+    """A file of the library package (found without importing it)."""
+    spec = importlib.util.find_spec("LiverTumorSegLib")
+    if spec and spec.submodule_search_locations:
+        return os.path.join(list(spec.submodule_search_locations)[0], *parts)
+    return os.path.join(os.path.dirname(MODULE_DIR), "LiverTumorSegLib", *parts)
+
+
 #
 # LiverTumorSeg
 #
@@ -81,14 +96,15 @@ class LiverTumorSeg(ScriptedLoadableModule):
             "the required Python packages. The network runs in a separate process: Slicer stays "
             "responsive and the run can be cancelled. Research software, not for clinical use."
             "<p>From the Python console:</p><pre>{example}</pre>"
-            "<p>See the <a href=\"https://github.com/livertumorseg/SlicerLiverTumorSeg\">documentation</a>.</p>"
-        ).format(example=CONSOLE_EXAMPLE)
+            "<p>Documentation: the <a href=\"{readme}\">README</a> installed with the module.</p>"
+        ).format(example=CONSOLE_EXAMPLE, readme=_localFileUrl(os.path.join(MODULE_DIR, "README.md")))
         self.parent.acknowledgementText = _(
             "Developed by the LiverTumorSeg developers. The segmentation network is a U-Net with "
-            "multi-scale context encoding, a codebook bottleneck and Mamba global feature refinement, "
-            "trained on the LiTS data set. The extension follows the patterns of SlicerTotalSegmentator "
-            "and SlicerMONAIAuto3DSeg."
-        )
+            "multi-scale context encoding, a codebook bottleneck and Mamba global feature refinement. "
+            "The bundled model was trained on synthetic CT only, not on patient scans with expert labels "
+            "(not on LiTS): see its <a href=\"{card}\">model card</a>. The extension follows the "
+            "patterns of SlicerTotalSegmentator and SlicerMONAIAuto3DSeg."
+        ).format(card=_localFileUrl(_libraryFile("resources", "models", "MODEL_CARD.md")))
 
 
 #
@@ -209,7 +225,31 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.selectModelInCombo(self._parameterNode.model)
             self.ui.reportTableView.setMRMLTableNode(self._parameterNode.reportTable)
+        self.showQuality(self._reportOfTable(self._parameterNode.reportTable if self._parameterNode else None))
         self.updateButtons()
+
+    @staticmethod
+    def _reportOfTable(table):
+        from LiverTumorSegCore import mrml
+
+        try:
+            return mrml.report_from_table(table)
+        except ValueError:  # not our JSON
+            return None
+
+    def showQuality(self, report):
+        """Quality flags beside the result: an icon (warning or information) and one line per flag."""
+        import qt
+
+        from LiverTumorSegCore import mrml
+
+        level = mrml.quality_level(report)
+        self.ui.qualityLabel.text = mrml.quality_html(report)
+        self.ui.qualityLabel.visible = bool(level)
+        self.ui.qualityIconLabel.visible = bool(level)
+        if level:
+            icon = qt.QStyle.SP_MessageBoxWarning if level == "warning" else qt.QStyle.SP_MessageBoxInformation
+            self.ui.qualityIconLabel.setPixmap(slicer.app.style().standardIcon(icon).pixmap(24, 24))
 
     def updateButtons(self, caller=None, event=None):
         if self._job is not None:
@@ -317,12 +357,12 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallDependencies(self):
         if not slicer.util.confirmOkCancelDisplay(
-                _("Install or upgrade PyTorch and the Python packages this module needs? This downloads "
-                  "several hundred MB and can take minutes.")):
+                _("Install PyTorch if it is missing and install or upgrade the Python packages this module "
+                  "needs? This can download several hundred MB and take minutes.")):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to install the dependencies."), waitCursor=True):
-            self.logic.installDependencies(upgrade=True)
-            self.log(_("Dependencies installed. Restart Slicer if packages were upgraded."))
+            for line in self.logic.installDependencies(upgrade=True):
+                self.log(line)
         self.updateVersionInfo()
 
     # ------------------------------------------------------------------ running
@@ -386,7 +426,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return False
         self.log(_("Installing {packages}...").format(packages=", ".join(missing)))
         slicer.app.processEvents()
-        self.logic.installDependencies()
+        for line in self.logic.installDependencies():
+            self.log(line)
         still = self.logic.missingDependencies()
         if still:
             raise DependencyError(_("Still missing after installation: {packages}. Restart Slicer and try again.")
@@ -432,6 +473,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table = scene.GetNodeByID(ids.get("table_node_id")) if ids.get("table_node_id") else None
             self._parameterNode.reportTable = table
             self.ui.reportTableView.setMRMLTableNode(table)
+            self.showQuality(report)
             self.ui.resultsCollapsibleButton.collapsed = False
             self.log(report_summary(report))
             for note in report.get("notes") or []:
@@ -573,40 +615,80 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         return versions
 
     def installDependencies(self, upgrade=False):
-        """torch through the PyTorch extension, the rest from Resources/requirements.txt; numpy
-        and SimpleITK (bundled with Slicer) are never replaced."""
+        """torch through the PyTorch extension, the rest from Resources/requirements.txt; returns
+        what was done, one line each. numpy, SimpleITK, scipy and torch are pinned (pip
+        constraints) so that pip never replaces what Slicer or the PyTorch extension installed;
+        scipy (bundled with Slicer) is installed only when missing and never upgraded.
+
+        torch is checked through package metadata, never imported here (the network runs in a
+        child process). PyTorchUtils' installTorch runs ``ltt install torch<requirement>`` without
+        ``--upgrade``: it installs a missing or too old torch but never upgrades a satisfying one,
+        so "upgrade" says so instead of pretending."""
         from LiverTumorSegCore import deps
 
-        if not deps.installed_version("torch") or upgrade:
+        done = []
+        status, version = deps.torch_status()
+        if status != "ok":
             try:
                 import PyTorchUtils
             except ImportError:
                 raise DependencyError(_("The PyTorch extension is required: install it from the Extensions "
                                         "Manager and restart Slicer.")) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled() or upgrade:
-                torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.2")
-                if torch is None:
-                    raise DependencyError(_("PyTorch could not be installed."))
-        requirements = self.requirements()
-        todo = requirements if upgrade else deps.missing_requirements(requirements)
-        if not todo:
-            return
-        pydeps = getattr(slicer, "pydeps", None) or getattr(slicer, "packaging", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):  # Slicer >= 5.11
-            from packaging.requirements import Requirement
-
-            pydeps.pip_ensure([Requirement(r) for r in todo], skip_packages=["SimpleITK", "numpy", "torch"],
-                              requester="LiverTumorSeg")
-            return
+            # installTorch imports torch at its end: unavoidable, but only when something changed
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=deps.TORCH_REQUIREMENT)
+            newStatus, newVersion = deps.torch_status()
+            if torch is None or newStatus != "ok":
+                raise DependencyError(_("PyTorch {requirement} could not be installed (installed: {version}).").format(
+                    requirement=deps.TORCH_REQUIREMENT, version=newVersion or _("none")))
+            note = _(" (was {version}); restart Slicer").format(version=version) if version else ""
+            done.append(_("PyTorch {version} installed by the PyTorch extension{note}.").format(
+                version=newVersion, note=note))
+        elif upgrade:
+            done.append(_("PyTorch {version} is installed and satisfies {requirement}; it is managed by the PyTorch "
+                          "extension and was not changed (use the PyTorch Utils module to change it).").format(
+                version=version, requirement=deps.TORCH_REQUIREMENT))
+        plan = deps.pip_plan(self.requirements(), upgrade=upgrade)
+        for requirement in plan["kept"]:
+            done.append(_("{requirement}: kept the version bundled with Slicer.").format(requirement=requirement))
+        if not plan["install"] and not plan["upgrade"]:
+            if not done:
+                done.append(_("All Python packages are installed."))
+            return done
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             constraints = os.path.join(tmp, "constraints.txt")
             with open(constraints, "w", encoding="utf-8") as f:
-                f.write(deps.constraints_text(["numpy", "SimpleITK"]))
-            args = list(todo) + ["-c", constraints] + (["--upgrade"] if upgrade else [])
-            slicer.util.pip_install(args)
+                f.write(deps.constraints_text())
+            before = deps.versions([deps.requirement_name(r) for r in plan["install"] + plan["upgrade"]])
+            if plan["install"]:
+                self._pipInstall(plan["install"], constraints)
+            if plan["upgrade"]:
+                self._pipInstall(plan["upgrade"] + ["--upgrade"], constraints)
+        after = deps.versions(list(before))
+        changed = [name for name in before if before[name] != after[name]]
+        for name in changed:
+            done.append(_("{name}: {old} -> {new}").format(name=name, old=before[name] or _("not installed"),
+                                                           new=after[name] or _("not installed")))
+        if changed:
+            done.append(_("Restart Slicer if any of these packages was already in use."))
+        else:
+            done.append(_("Python packages are up to date (nothing changed)."))
+        return done
+
+    @staticmethod
+    def _pipInstall(args, constraints):
+        """pip install through ``slicer.packaging`` (Slicer >= 5.12; not imported by ``slicer``
+        itself, so imported here) or ``slicer.util.pip_install`` (Slicer 5.6-5.10)."""
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if packaging is not None and hasattr(packaging, "pip_install"):
+            packaging.pip_install(list(args), constraints=constraints, requester="LiverTumorSeg")
+        else:
+            slicer.util.pip_install(list(args) + ["-c", constraints])
 
     # ------------------------------------------------------------------ segmentation
     def optionsFromParameterNode(self, parameterNode):
@@ -760,6 +842,7 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(exported.shape, labels.shape)
         self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(report["slicer"]["table_node_id"]))
         self.assertIn("liver_volume_ml", report)
+        self.assertIsInstance(report.get("quality"), list)
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesSceneUnchanged(self):

@@ -169,7 +169,6 @@ def body_box(array: np.ndarray, spacing_zyx, threshold: float = BODY_THRESHOLD,
     margin = [int(math.ceil(m / float(s))) for m, s in zip(margin_mm, spacing_zyx)]
     return bounding_box(array > threshold, margin)
 
-
 def predict_network_grid(
     model: torch.nn.Module,
     array: np.ndarray,
@@ -264,9 +263,11 @@ def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, 
         back = resample_probabilities(np.stack([p1, p2]), prepared.network, prepared.source)
         labels = argmax_labels(back[0], back[1])
         probabilities = np.stack([np.clip(1.0 - back[0] - back[1], 0.0, 1.0), back[0], back[1]]).astype(np.float32)
+        input_probs = (probabilities[1], probabilities[2])  # for the report (confidence, quality)
         del back
     else:
-        labels = restore_labels(p1, p2, prepared.network, prepared.source, crop=True)
+        labels, input_probs = restore_labels(p1, p2, prepared.network, prepared.source, crop=True,
+                                             keep_probabilities=True)
     del p1, p2
     timings["restore"] = time.perf_counter() - t
     reporter.report("restore", 1.0)
@@ -289,7 +290,9 @@ def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, 
         notes=notes,
         input_path=input_path,
         extra={"compute": compute, "options": opts.to_dict()},
+        probabilities=input_probs,  # (P(liver), P(tumour)) on the input grid
     )
+    del input_probs
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}

@@ -9,10 +9,15 @@ Per region, :func:`evaluate_case` returns
 - ``dice`` = 2|P n G| / (|P| + |G|)
 - ``voe``  = 1 - |P n G| / |P u G|
 - ``rvd``  = (|P| - |G|) / |G|  (signed; tables usually report its magnitude)
-- ``asd``  = average symmetric surface distance in mm, medpy's ``assd``: the mean of the two
-  directed mean surface distances, (mean d(S(P)->S(G)) + mean d(S(G)->S(P))) / 2.
-  ``asd_mode="pooled"`` gives instead the mean over both directed distance sets pooled
-  (the literal wording of the paper's Eq. 12); the two differ when |S(P)| != |S(G)|.
+- ``asd``  = average symmetric surface distance in mm. Default ``asd_mode="mean-of-directed"``:
+  the mean of the two directed mean surface distances,
+  (mean d(S(P)->S(G)) + mean d(S(G)->S(P))) / 2. This is ``medpy.metric.binary.assd`` up to
+  medpy 0.4, the version the LiTS challenge evaluation used, so the project's numbers compare
+  with published LiTS results. ``asd_mode="pooled"``: the mean over both directed distance
+  sets pooled, sum(d_PG + d_GP) / (|S(P)| + |S(G)|), which is what medpy 0.5's ``assd``
+  computes and the literal wording of the paper's Eq. 12. The two are equal when
+  |S(P)| = |S(G)| and differ otherwise (the pooled mean weights the larger surface more).
+  ``livertumorseg evaluate --asd {mean-of-directed,pooled}`` chooses.
 - ``hd95`` = 95th percentile (numpy linear interpolation) of both directed distance sets
   pooled. This is the issue's definition AND what ``medpy.metric.binary.hd95`` computes
   (``percentile(hstack((d_pg, d_gp)), 95)``). ``hd95_mode="max_directed"`` gives
@@ -56,7 +61,7 @@ from .errors import ConfigError
 METRIC_NAMES = ("dice", "voe", "rvd", "asd", "hd95")
 REGIONS = ("liver", "tumor")
 HD95_MODES = ("pooled", "max_directed")
-ASD_MODES = ("medpy", "pooled")
+ASD_MODES = ("mean-of-directed", "pooled")  # medpy <= 0.4 (LiTS) / medpy 0.5
 
 # Tumour size strata of the paper (Figures 10-11), by maximum diameter in voxels; half-open
 # intervals [lo, hi).
@@ -132,7 +137,7 @@ def binary_metrics(
     ref: np.ndarray,
     spacing: Sequence[float],
     hd95_mode: str = "pooled",
-    asd_mode: str = "medpy",
+    asd_mode: str = "mean-of-directed",
 ) -> Dict[str, Optional[float]]:
     """Dice, VOE, RVD, ASD, HD95 of two binary masks (see the module docstring)."""
     if hd95_mode not in HD95_MODES:
@@ -150,7 +155,7 @@ def binary_metrics(
     inter = int(np.count_nonzero(p & g))
     union = n_p + n_g - inter
     d_pg, d_gp = surface_distances(p, g, sp)
-    if asd_mode == "medpy":
+    if asd_mode == "mean-of-directed":
         asd = (d_pg.mean() + d_gp.mean()) / 2.0
     else:
         asd = np.concatenate([d_pg, d_gp]).mean()
@@ -172,7 +177,7 @@ def evaluate_case(
     ref: np.ndarray,
     spacing_zyx: Sequence[float],
     hd95_mode: str = "pooled",
-    asd_mode: str = "medpy",
+    asd_mode: str = "mean-of-directed",
 ) -> Dict[str, Dict[str, Optional[float]]]:
     """``{"liver": {dice, voe, rvd, asd, hd95}, "tumor": {...}}`` for two label maps.
 
@@ -321,7 +326,7 @@ class MetricsAggregator:
     2 * sum|P n G| / (sum|P| + sum|G|) over all cases (1.0 when both sums are 0).
     """
 
-    def __init__(self, hd95_mode: str = "pooled", asd_mode: str = "medpy", connectivity: int = 26) -> None:
+    def __init__(self, hd95_mode: str = "pooled", asd_mode: str = "mean-of-directed", connectivity: int = 26) -> None:
         self.hd95_mode = hd95_mode
         self.asd_mode = asd_mode
         self.connectivity = connectivity

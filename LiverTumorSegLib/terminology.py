@@ -5,11 +5,17 @@ reports all take the segment metadata from here, so a segmentation looks the sam
 was made. The Slicer module imports this module inside Slicer's own process: keep it to the
 standard library (no torch, numpy or SimpleITK).
 
-Codes are those 3D Slicer's "General Anatomy" terminology (and TotalSegmentator) use:
+Both segments use codes that 3D Slicer's "3D Slicer General Anatomy list" terminology context
+(``SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json``, Slicer's default context)
+contains, so Slicer's terminology lookup and selector find them:
 
 * liver: category Anatomical Structure (SCT 123037004), type Liver (SCT 10200004);
-* liver tumour: category Morphologically Altered Structure (SCT 49755003), type Neoplasm
-  (SCT 108369006), anatomic region Liver (SCT 10200004).
+* liver tumour: category Morphologically Altered Structure (SCT 49755003), type Mass
+  (SCT 4147007, DICOM CID 7159 "Lesion Segmentation Types"), anatomic region Liver
+  (SCT 10200004, "Anatomic codes - DICOM master list").
+
+Type Neoplasm (SCT 108369006) is only in the "DICOM master list" context, not in the General
+Anatomy list, so it is no longer written; files that use it are still read as tumour.
 
 Colours are Slicer's generic anatomy colours: "organ" (221, 130, 101) for the liver and
 "mass" (144, 238, 144) for the tumour.
@@ -32,7 +38,8 @@ ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED_STRUCTURE = ("SCT", "49755003", "Morphologically Altered Structure")
 LIVER_CODE = ("SCT", "10200004", "Liver")
-NEOPLASM_CODE = ("SCT", "108369006", "Neoplasm")
+MASS_CODE = ("SCT", "4147007", "Mass")  # in the General Anatomy list (and the DICOM master list)
+NEOPLASM_CODE = ("SCT", "108369006", "Neoplasm")  # DICOM master list only: read, never written
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,7 @@ LIVER_TUMOR = SegmentInfo(
     name="Liver tumor",
     color_rgb255=(144, 238, 144),
     category=MORPHOLOGICALLY_ALTERED_STRUCTURE,
-    type=NEOPLASM_CODE,
+    type=MASS_CODE,
     anatomic_region=LIVER_CODE,
     description="Liver tumour (label 2)",
 )
@@ -140,7 +147,7 @@ def label_for_segment(segment: dict) -> Optional[int]:
     seg_type = term.get("type")
     if _code_matches(seg_type, LIVER_CODE):
         return LIVER.label
-    tumour_types = (NEOPLASM_CODE, ("SCT", "4147007", "Mass"), ("SCT", "108369006", ""))
+    tumour_types = (MASS_CODE, NEOPLASM_CODE)
     if any(_code_matches(seg_type, t) for t in tumour_types):
         return LIVER_TUMOR.label
     name = str(segment.get("name", "")).lower()

@@ -233,7 +233,10 @@ report = {"liver_volume_ml": float((lab >= 1).sum()) * vox, "tumour_count": 1,
           "tumour_total_volume_ml": float((lab == 2).sum()) * vox,
           "tumour_burden_percent": 100.0 * float((lab == 2).sum()) / max(1, int((lab >= 1).sum())),
           "tumours": [{"id": 1, "volume_ml": float((lab == 2).sum()) * vox, "max_diameter_mm": 4.5,
-                       "centroid_lps_mm": [1.0, 2.0, 3.0], "centroid_ras_mm": [-1.0, -2.0, 3.0]}],
+                       "centroid_lps_mm": [1.0, 2.0, 3.0], "centroid_ras_mm": [-1.0, -2.0, 3.0],
+                       "confidence": 0.875, "max_probability": 0.99}],
+          "quality": [{"code": "partial_liver", "severity": "warning", "message": "liver touches the first slice"},
+                      {"code": "synthetic_training", "severity": "info", "message": "synthetic CT"}],
           "model": {"name": "fake"}, "device": "cpu"}
 with open(rep, "w") as f:
     json.dump(report, f)

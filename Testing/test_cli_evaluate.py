@@ -157,3 +157,28 @@ def test_folder_mode_end_to_end_with_tiny_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--out", str(out), "--split", "all"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_asd_option(tmp_path, capsys):
+    """--asd pooled vs the default mean-of-directed on a pair whose surfaces differ in size."""
+    ref = np.zeros((11, 11, 11), np.uint8)
+    ref[4:7, 4:7, 4:7] = 1
+    pred = np.zeros_like(ref)
+    pred[2:9, 2:9, 2:9] = 1
+    p = write(pred, tmp_path / "pred.nii.gz")
+    r = write(ref, tmp_path / "ref.nii.gz")
+    spacing = SPACING_XYZ[::-1]
+    results = {}
+    for mode in (None, "mean-of-directed", "pooled"):
+        out = tmp_path / f"{mode}.json"
+        args = ["evaluate", str(p), str(r), "--json", str(out)] + (["--asd", mode] if mode else [])
+        assert main(args) == 0
+        capsys.readouterr()
+        results[mode] = json.loads(out.read_text())["liver"]["asd"]
+        want = metrics.binary_metrics(pred >= 1, ref >= 1, spacing, asd_mode=mode or "mean-of-directed")["asd"]
+        assert results[mode] == pytest.approx(want, abs=1e-9)
+    assert results[None] == results["mean-of-directed"]
+    assert abs(results["pooled"] - results["mean-of-directed"]) > 0.1
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(p), str(r), "--asd", "medpy"])
+    assert "invalid choice" in capsys.readouterr().err

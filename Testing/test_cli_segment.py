@@ -81,7 +81,7 @@ def test_report_json_and_same_result_as_library(case, capsys, tmp_path):
     r = json.loads(rep.read_text())
     for key in ("liver_volume_ml", "liver_parenchyma_volume_ml", "tumour_count", "tumour_total_volume_ml",
                 "tumour_burden_percent", "tumours", "model", "device", "timings_s", "postprocessing", "image",
-                "input", "output", "compute"):
+                "input", "output", "compute", "quality"):
         assert key in r, key
     assert r["model"]["sha256"] == load_model(case["weights"]).sha256
     assert r["postprocessing"]["options"]["fill_holes"] is False
@@ -341,3 +341,51 @@ def test_options_flags_come_from_the_fields_and_round_trip():
     assert to_cli_args(new) == ["--tumour-threshold", "0.3", "--no-fill-holes"]
     with pytest.raises(SystemExit):
         p2.parse_args(["--tumour-threshold", "nan"])
+
+
+def test_quality_flags_after_the_summary_and_tumour_confidence(case, capsys, tmp_path):
+    """A 3-slice CT with a model that calls everything in the body liver: partial_liver (and
+    synthetic_training from the sidecar), printed after the summary and stored in the report;
+    a model that calls everything tumour: each tumour's confidence is its softmax P(tumour)."""
+    from LiverTumorSegLib.synthetic import make_synthetic_ct
+
+    synthetic = {"training_data": {"kind": "synthetic"}}
+    liver_w = make_tiny_weights(tmp_path, head_bias=(0, 5, 0), filename="liver.safetensors", metadata=synthetic)
+    tumour_w = make_tiny_weights(tmp_path, head_bias=(0, 0, 5), filename="tumour.safetensors")
+    img = make_synthetic_ct(size=(120, 100, 3), spacing=(3.2, 3.2, 1.0), seed=2).image
+    p = tmp_path / "thin.nii.gz"
+    sitk.WriteImage(img, str(p))
+    out, rep = tmp_path / "thin_seg.nii.gz", tmp_path / "thin.json"
+    rc, stdout, err = run_cli(capsys, p, "-o", out, "--report", rep, "--model", liver_w, "--progress", "none")
+    assert rc == 0, err
+    report = json.loads(rep.read_text())
+    assert {f["code"] for f in report["quality"]} >= {"partial_liver", "synthetic_training"}
+    assert "no_liver" not in {f["code"] for f in report["quality"]}
+    lines = stdout.splitlines()
+    wrote = next(i for i, l in enumerate(lines) if l.startswith("Wrote "))
+    assert any(l.startswith("WARNING partial_liver:") for l in lines[wrote:])
+    assert any(l.startswith("info synthetic_training:") for l in lines[wrote:])
+
+    out2, rep2 = tmp_path / "tum.nii.gz", tmp_path / "tum.json"
+    rc, stdout, err = run_cli(capsys, case["ct"], "-o", out2, "--report", rep2, "--model", tumour_w, "--progress",
+                              "none", "--no-tumour-in-liver", "--min-tumour-ml", "0")
+    assert rc == 0, err
+    report = json.loads(rep2.read_text())
+    assert report["tumours"], report
+    expected = float(np.exp(5.0) / (np.exp(5.0) + 2.0))
+    for t in report["tumours"]:
+        assert t["confidence"] == pytest.approx(expected, abs=2e-3)
+        assert t["max_probability"] == pytest.approx(expected, abs=2e-3)
+    assert f"confidence {expected:.2f}" in stdout
+    assert "synthetic_training" not in stdout  # this sidecar says nothing about synthetic data
+
+
+def test_empty_segmentation_is_no_liver_not_an_error(case, capsys, tmp_path):
+    background_w = make_tiny_weights(tmp_path, head_bias=(5, 0, 0), filename="bg.safetensors")
+    out, rep = tmp_path / "empty.nii.gz", tmp_path / "empty.json"
+    rc, stdout, err = run_cli(capsys, case["ct"], "-o", out, "--report", rep, "--model", background_w,
+                              "--progress", "none")
+    assert rc == 0, err
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(out))).any()
+    assert [f["code"] for f in json.loads(rep.read_text())["quality"]] == ["no_liver"]
+    assert "WARNING no_liver:" in stdout

@@ -137,7 +137,7 @@ def test_seg_nrrd_segments_terminology_colours(tmp_path):
     assert liver["terminology"]["category"] == ["SCT", "123037004", "Anatomical Structure"]
     assert liver["terminology"]["type"] == ["SCT", "10200004", "Liver"]
     assert tumour["terminology"]["category"] == ["SCT", "49755003", "Morphologically Altered Structure"]
-    assert tumour["terminology"]["type"] == ["SCT", "108369006", "Neoplasm"]
+    assert tumour["terminology"]["type"] == ["SCT", "4147007", "Mass"]  # in the General Anatomy list
     assert tumour["terminology"]["anatomicRegion"] == ["SCT", "10200004", "Liver"]
     assert "3D Slicer General Anatomy" in liver["terminology"]["contextName"]
     np.testing.assert_allclose(liver["color"], np.array([221, 130, 101]) / 255, atol=1e-5)

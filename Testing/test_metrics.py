@@ -257,3 +257,36 @@ def test_aggregator_global_dice_and_stats():
     assert summary["n_cases"] == 2 and summary["tumour_analysis"]["false_positives"] == 1
     assert summary["tumour_analysis"]["n_tumours"] == 1
     assert "n/a" in metrics.format_table(r2)
+
+
+def _brute_directed(a, b, spacing):
+    """Distances from each surface voxel of ``a`` to the nearest surface voxel of ``b`` (brute force)."""
+    from scipy.ndimage import binary_erosion, generate_binary_structure
+
+    def surface(m):
+        return np.argwhere(m & ~binary_erosion(m, generate_binary_structure(3, 1), border_value=0)) * np.asarray(spacing)
+
+    sa, sb = surface(a), surface(b)
+    return np.sqrt(((sa[:, None, :] - sb[None, :, :]) ** 2).sum(-1)).min(1)
+
+
+def test_asd_modes_differ_when_surfaces_differ_in_size():
+    """Concentric cubes 3^3 (26 surface voxels) and 7^3 (218): the pooled mean weights the big
+    surface's distances 218:26, the mean of the directed means 1:1, so they differ; both are
+    checked against brute-force distances."""
+    g = np.zeros((11, 11, 11), bool)
+    g[4:7, 4:7, 4:7] = True
+    p = np.zeros_like(g)
+    p[2:9, 2:9, 2:9] = True
+    spacing = (2.0, 1.0, 1.0)
+    d_pg, d_gp = _brute_directed(p, g, spacing), _brute_directed(g, p, spacing)
+    assert len(d_pg) == 218 and len(d_gp) == 26
+    mean_of_directed = (d_pg.mean() + d_gp.mean()) / 2
+    pooled = np.concatenate([d_pg, d_gp]).mean()
+    assert abs(mean_of_directed - pooled) > 0.1
+    assert metrics.binary_metrics(p, g, spacing)["asd"] == pytest.approx(mean_of_directed, abs=1e-9)
+    assert metrics.binary_metrics(p, g, spacing, asd_mode="mean-of-directed")["asd"] == pytest.approx(
+        mean_of_directed, abs=1e-9)
+    assert metrics.binary_metrics(p, g, spacing, asd_mode="pooled")["asd"] == pytest.approx(pooled, abs=1e-9)
+    with pytest.raises(ValueError, match="asd_mode"):
+        metrics.binary_metrics(p, g, spacing, asd_mode="medpy")

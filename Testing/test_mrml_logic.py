@@ -60,7 +60,7 @@ def _check_segmentation(mrml, seg_node, volume, labels, study=None):
     assert t_liver["category"] == ("SCT", "123037004", "Anatomical Structure")
     assert t_liver["type"] == ("SCT", "10200004", "Liver")
     assert t_tumour["category"] == ("SCT", "49755003", "Morphologically Altered Structure")
-    assert t_tumour["type"] == ("SCT", "108369006", "Neoplasm")
+    assert t_tumour["type"] == ("SCT", "4147007", "Mass")
     assert t_tumour["region"] == ("SCT", "10200004", "Liver")
     # reference geometry = the input volume's
     ref = seg_node.GetNodeReference(seg_node.GetReferenceImageGeometryReferenceRole())
@@ -166,7 +166,7 @@ REPORT = {
     "tumour_burden_percent": 0.8205,
     "tumours": [
         {"id": 1, "volume_ml": 10.25, "max_diameter_mm": 31.04, "centroid_lps_mm": [10.0, -20.0, 30.0],
-         "centroid_ras_mm": [-10.0, 20.0, 30.0]},
+         "centroid_ras_mm": [-10.0, 20.0, 30.0], "confidence": 0.8134, "max_probability": 0.991},
         {"id": 2, "volume_ml": 2.25, "max_diameter_mm": 12.0, "centroid_lps_mm": [1.0, 2.0, 3.0]},
     ],
 }
@@ -179,14 +179,41 @@ def test_report_table(mrml):
     rows = core.table_contents(table)
     assert rows[0] == list(core.REPORT_COLUMNS)
     assert rows[1][:2] == ["Liver", "1523.46"]
-    assert rows[2][0] == "Liver tumors (all)" and rows[2][1] == "12.500" and "2 tumour(s)" in rows[2][6]
-    assert "burden 0.82 %" in rows[2][6]
-    assert rows[3] == ["Tumor 1", "10.250", "31.0", "-10.0", "20.0", "30.0", ""]
+    assert rows[0][6] == "Confidence"
+    assert rows[2][0] == "Liver tumors (all)" and rows[2][1] == "12.500" and "2 tumour(s)" in rows[2][7]
+    assert "burden 0.82 %" in rows[2][7]
+    assert rows[3] == ["Tumor 1", "10.250", "31.0", "-10.0", "20.0", "30.0", "0.81", "max P(tumour) 0.99"]
     assert rows[4][3:6] == ["-1.0", "-2.0", "3.0"]  # RAS from LPS when only LPS is given
+    assert rows[4][6:] == ["", ""]  # a report without probabilities: no confidence
     assert core.report_from_table(table)["tumour_count"] == 2
     # updating in place replaces the rows
     core.create_or_update_report_table(mrml.scene, dict(REPORT, tumours=[], tumour_count=0), table)
     assert len(core.table_contents(table)) == 3
+
+
+def test_quality_flags_for_the_panel():
+    """What the panel shows beside the result (icon level and text), from the report or from the
+    report JSON kept on the table node (a reloaded scene shows the same)."""
+    from LiverTumorSegCore import mrml as core
+
+    assert core.quality_level(REPORT) == "" and core.quality_html(REPORT) == "" and core.quality_flags(None) == []
+    flags = [{"code": "synthetic_training", "severity": "info", "message": "trained on synthetic CT"},
+             {"code": "partial_liver", "severity": "warning", "message": "liver touches the <first slice>"}]
+    report = dict(REPORT, quality=flags)
+    assert [f["code"] for f in core.quality_flags(report)] == ["partial_liver", "synthetic_training"]
+    assert core.quality_level(report) == "warning"
+    assert core.quality_level(dict(REPORT, quality=flags[:1])) == "info"
+    text = core.quality_html(report)
+    assert text.index("partial_liver") < text.index("synthetic_training")
+    assert "&lt;first slice&gt;" in text and text.count("<br>") == 1
+
+
+def test_quality_flags_survive_in_the_table_node(mrml):
+    from LiverTumorSegCore import mrml as core
+
+    flags = [{"code": "thick_slices", "severity": "warning", "message": "6.0 mm"}]
+    table = core.create_or_update_report_table(mrml.scene, dict(REPORT, quality=flags), name="q")
+    assert core.quality_flags(core.report_from_table(table)) == flags
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
@@ -492,6 +519,14 @@ def test_batch_segments_a_folder(mrml, tmp_path, monkeypatch):
         table = list(csv.DictReader(f))
     assert [r["case"] for r in table] == ["case1", "case2_flat"] and table[0]["tumour_count"] == "1"
     assert (out / "liver_tumor_tumours.csv").read_text().count("case1") == 1
+    # quality flags in the case CSV, per-tumour confidence in the tumour CSV
+    assert table[0]["quality_warnings"] == "partial_liver"
+    assert table[0]["quality"] == ("warning partial_liver: liver touches the first slice | "
+                                   "info synthetic_training: synthetic CT")
+    assert table[1]["quality_warnings"] == "" and table[1]["quality"] == ""  # failed case: no report
+    with open(out / "liver_tumor_tumours.csv", newline="") as f:
+        (tumour,) = list(csv.DictReader(f))
+    assert tumour["confidence"] == "0.875" and tumour["max_probability"] == "0.99"
     assert json.loads((out / "case1.report.json").read_text())["tumour_count"] == 1
     # the .seg.nrrd opens with the right segments on the input grid
     slicer = mrml.slicer
@@ -509,3 +544,50 @@ def test_batch_segments_a_folder(mrml, tmp_path, monkeypatch):
     # a second run skips the finished case
     rows = run_batch(inp, out, mrml.scene, command_prefix=write_fake_cli(tmp_path), log=lines.append)
     assert rows[0]["status"] == "skipped"
+
+
+def test_install_dependencies_reports_truthfully_and_pins(mrml, monkeypatch):
+    """installDependencies with the real module file: torch present -> PyTorchUtils untouched and
+    "upgrade" says torch was not changed; pip goes through slicer.packaging.pip_install (5.12+)
+    when importable, else slicer.util.pip_install, always with the constraints file that pins
+    numpy, SimpleITK, scipy and torch; scipy is never upgraded."""
+    import types
+
+    import slicer
+
+    from LiverTumorSegCore import deps
+    from mrml_fixture import import_module_file
+
+    module = import_module_file(monkeypatch)
+    logic = module.LiverTumorSegLogic()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # any use of the extension would fail
+    monkeypatch.setattr(logic, "requirements", lambda: ["scipy>=1.10", "tqdm>=4.60"])
+    calls = []
+
+    def fake_pip(args, constraints=None, requester=None):
+        text = open(constraints if constraints else args[args.index("-c") + 1]).read()
+        calls.append((list(args), text))
+
+    # Slicer 5.6-5.10: no slicer.packaging
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)
+    monkeypatch.setattr(slicer, "util", types.SimpleNamespace(pip_install=fake_pip), raising=False)
+    lines = logic.installDependencies(upgrade=True)
+    assert any("PyTorch" in l and "not changed" in l for l in lines), lines
+    assert any(l.startswith("scipy>=1.10: kept") for l in lines)
+    (args, pins), = calls
+    assert args[0] == "tqdm>=4.60" and "--upgrade" in args and "-c" in args and "scipy" not in args[0]
+    for name in ("numpy", "SimpleITK", "scipy", "torch"):
+        assert f"{name}==" in pins, name
+    # Slicer >= 5.12: slicer.packaging.pip_install with constraints=
+    calls.clear()
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_install = fake_pip
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    logic.installDependencies(upgrade=True)
+    (args, pins), = calls
+    assert args == ["tqdm>=4.60", "--upgrade"] and "torch==" in pins
+    # nothing missing and no upgrade: pip is not called at all
+    calls.clear()
+    assert logic.installDependencies(upgrade=False) == ["scipy>=1.10: kept the version bundled with Slicer."]
+    assert calls == [] and deps.torch_status()[0] == "ok"

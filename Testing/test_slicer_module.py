@@ -155,10 +155,12 @@ def test_top_level_cmake_metadata(tmp_path):
     assert sets["EXTENSION_CATEGORY"] == "Segmentation"
     assert sets["EXTENSION_DEPENDS"] == "PyTorch"
     assert sets["EXTENSION_HOMEPAGE"].startswith("https://github.com/")
-    for key in ("EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in ("EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL"):
         assert sets.get(key), key
-    for url_key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
-        assert (REPO / "Resources" / sets[url_key].rsplit("/", 1)[-1]).is_file(), url_key
+    assert (REPO / "Resources" / sets["EXTENSION_ICONURL"].rsplit("/", 1)[-1]).is_file()
+    # the only picture is a drawing: no screenshot is claimed until a real capture exists
+    assert sets.get("EXTENSION_SCREENSHOTURLS", "") == ""
+    assert not list((REPO / "Resources").glob("Screenshot*"))
     assert rec["PROJECT"] == ["LiverTumorSeg"]
     assert rec["FIND_PACKAGE"] == ["Slicer REQUIRED"]
     assert rec["SUBDIRECTORY"] == ["LiverTumorSeg"]
@@ -392,7 +394,7 @@ def test_icons_are_real_pngs():
 
     for path, size in ((MODULE_DIR / "Resources" / "Icons" / "LiverTumorSeg.png", (128, 128)),
                        (REPO / "Resources" / "LiverTumorSeg.png", (128, 128)),
-                       (REPO / "Resources" / "Screenshot01.png", None)):
+                       (REPO / "Resources" / "Drawing01-not-a-screenshot.png", None)):
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:
@@ -432,7 +434,7 @@ def test_terminology_entry_tags():
     liver = parse_terminology_string(LIVER.terminology_string)
     tumour = parse_terminology_string(LIVER_TUMOR.terminology_string)
     assert liver["category"][1] == "123037004" and liver["type"][1] == "10200004" and liver["region"] is None
-    assert tumour["category"][1] == "49755003" and tumour["type"][1] == "108369006"
+    assert tumour["category"][1] == "49755003" and tumour["type"][1] == "4147007"
     assert tumour["region"] == ("SCT", "10200004", "Liver")
     assert tumour["type_modifier"] is None and tumour["region_modifier"] is None
     assert "3D Slicer General Anatomy" in liver["context"] and liver["anatomic_context"]
@@ -581,3 +583,87 @@ def test_parameter_node_option_table_is_complete():
         assert name in defaults, f"{name} is not a parameter-node field with a default"
         value = DEVICES[defaults[name].lower()] if option == "device" else defaults[name]
         assert value == library[option].default, (name, value, library[option].default)
+
+
+def test_tumour_terminology_is_in_the_general_anatomy_context_and_neoplasm_still_reads():
+    """Slicer's SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json (checked in Slicer's
+    source) has Morphologically Altered Structure / Mass (SCT 4147007) but not Neoplasm
+    (SCT 108369006, DICOM master list only): the tumour is written as Mass in that context;
+    segmentations written before (Neoplasm) are still recognised as tumour."""
+    from LiverTumorSegLib.terminology import LIVER_TUMOR, SLICER_CONTEXT, label_for_segment
+
+    assert SLICER_CONTEXT == "Segmentation category and type - 3D Slicer General Anatomy list"
+    assert LIVER_TUMOR.type == ("SCT", "4147007", "Mass")
+    assert LIVER_TUMOR.terminology["contextName"] == SLICER_CONTEXT
+    assert "108369006" not in LIVER_TUMOR.terminology_string
+    old = {"name": "Segment_2", "terminology": {"type": ["SCT", "108369006", "Neoplasm"]}}
+    assert label_for_segment(old) == 2
+    assert label_for_segment({"name": "x", "terminology": {"type": ["SCT", "4147007", "Mass"]}}) == 2
+
+
+def test_pip_plan_protects_and_constrains_bundled_packages(monkeypatch):
+    """scipy (bundled with Slicer) is installed only when missing and never upgraded; numpy,
+    SimpleITK and torch never go through pip; the constraints pin numpy, SimpleITK, scipy and
+    torch at their installed versions (read from package metadata)."""
+    from importlib import metadata
+
+    from LiverTumorSegCore import deps
+
+    reqs = ["scipy>=1.10", "monai>=1.3", "numpy>=1", "torch", "livertumorseg-no-such-package>=1", "tqdm>=999"]
+    plan = deps.pip_plan(reqs, upgrade=False)
+    assert plan == {"install": ["livertumorseg-no-such-package>=1", "tqdm>=999"], "upgrade": [],
+                    "kept": ["scipy>=1.10"], "skipped": ["numpy>=1", "torch"]}
+    plan = deps.pip_plan(reqs, upgrade=True)
+    assert plan["upgrade"] == ["monai>=1.3"] and plan["kept"] == ["scipy>=1.10"]
+    assert "scipy>=1.10" not in plan["install"] + plan["upgrade"]
+    # a custom Slicer build without scipy: installed (not upgraded) then
+    real = deps.installed_version
+    monkeypatch.setattr(deps, "installed_version", lambda n: None if n.lower() == "scipy" else real(n))
+    assert "scipy>=1.10" in deps.pip_plan(reqs, upgrade=True)["install"]
+    monkeypatch.setattr(deps, "installed_version", real)
+    pins = dict(line.split("==") for line in deps.constraints_text().splitlines())
+    for name in ("numpy", "SimpleITK", "scipy", "torch"):
+        assert pins[name] == metadata.version(name), name
+    # every requirement the module lists is either installable or deliberately kept
+    listed = deps.read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
+    assert "scipy" in {deps.canonical(deps.requirement_name(r)) for r in listed}
+
+
+def test_torch_status_reads_metadata_without_importing_torch(tmp_path):
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from LiverTumorSegCore import deps\n"
+            "from importlib import metadata\n"
+            "s = deps.torch_status()\n"
+            "assert s == ('ok', metadata.version('torch')), s\n"
+            "assert deps.torch_status('>=999')[0] == 'too_old'\n"
+            "assert 'torch' not in sys.modules\n"
+            "print('ok')\n") % str(MODULE_DIR)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_dependency_code_uses_real_slicer_apis():
+    """Checked against Slicer's source: there is no ``slicer.pydeps``; ``slicer.packaging`` (5.12+)
+    is not imported by ``slicer`` itself; PyTorchUtils' ``torchInstalled()`` imports torch and
+    ``installTorch`` never upgrades."""
+    text = MODULE_FILE.read_text()
+    assert "pydeps" not in text
+    assert "import slicer.packaging" in text and "slicer.util.pip_install" in text
+    assert "torchInstalled(" not in text
+    assert "deps.torch_status()" in text
+    tree = _module_ast()
+    tries = [n for n in ast.walk(tree) if isinstance(n, ast.Try)]
+    assert any(isinstance(s, ast.Import) and s.names[0].name == "slicer.packaging" for t in tries for s in t.body)
+
+
+def test_help_and_acknowledgement_are_true():
+    text = MODULE_FILE.read_text()
+    assert "trained on the LiTS" not in text
+    assert "synthetic CT" in text and "MODEL_CARD.md" in text
+    assert "https://github.com/livertumorseg/SlicerLiverTumorSeg\\\">documentation" not in text
+    helps = re.findall(r"helpText = _\((.*?)\)\.format", text, re.S)
+    assert helps and "http" not in helps[0]
+    assert (REPO / "LiverTumorSegLib" / "resources" / "models" / "MODEL_CARD.md").is_file()
+    assert (MODULE_DIR / "README.md").is_file()
+    card = (REPO / "LiverTumorSegLib" / "resources" / "models" / "MODEL_CARD.md").read_text()
+    assert "synthetic" in card.lower()

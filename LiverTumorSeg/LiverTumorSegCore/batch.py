@@ -20,9 +20,15 @@ SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 SUMMARY_FIELDS = ("case", "status", "liver_volume_ml", "liver_parenchyma_volume_ml", "tumour_count",
                   "tumour_total_volume_ml", "tumour_burden_percent", "largest_tumour_volume_ml",
-                  "largest_tumour_max_diameter_mm", "model", "device", "seconds", "segmentation", "error")
+                  "largest_tumour_max_diameter_mm", "model", "device", "seconds", "segmentation", "error",
+                  "quality_warnings", "quality")
 TUMOUR_FIELDS = ("case", "tumour_id", "volume_ml", "max_diameter_mm", "centroid_r_mm", "centroid_a_mm",
-                 "centroid_s_mm")
+                 "centroid_s_mm", "confidence", "max_probability")
+
+
+def quality_cell(report: Optional[dict]) -> str:
+    """The report's quality flags in one CSV cell: ``severity code: message`` joined by `` | ``."""
+    return " | ".join(f"{f.get('severity')} {f.get('code')}: {f.get('message')}" for f in mrml.quality_flags(report))
 
 
 def case_name(path: Path) -> str:
@@ -93,6 +99,10 @@ def summary_row(case: str, report: Optional[dict], status: str, seconds: float, 
         "seconds": round(seconds, 1),
         "segmentation": segmentation,
         "error": error,
+        # warning codes (space separated) for filtering, and every flag with its message
+        "quality_warnings": " ".join(f.get("code", "") for f in mrml.quality_flags(report)
+                                     if f.get("severity") == "warning"),
+        "quality": quality_cell(report),
     }
 
 
@@ -102,7 +112,9 @@ def tumour_rows(case: str, report: dict) -> List[dict]:
         ras = mrml._ras(t) or ("", "", "")
         rows.append({"case": case, "tumour_id": t.get("id", i), "volume_ml": t.get("volume_ml", ""),
                      "max_diameter_mm": t.get("max_diameter_mm", ""), "centroid_r_mm": ras[0],
-                     "centroid_a_mm": ras[1], "centroid_s_mm": ras[2]})
+                     "centroid_a_mm": ras[1], "centroid_s_mm": ras[2],
+                     "confidence": "" if t.get("confidence") is None else t["confidence"],
+                     "max_probability": "" if t.get("max_probability") is None else t["max_probability"]})
     return rows
 
 

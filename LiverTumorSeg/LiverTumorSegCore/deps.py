@@ -3,7 +3,11 @@
 torch comes from the PyTorch extension (``PyTorchUtils``), never from ``pip install torch``.
 The other packages are listed in ``Resources/requirements.txt``; packages that Slicer bundles
 (numpy, SimpleITK, vtk, ...) must never be replaced by pip, so they are filtered out of any
-install request and pinned through a constraints file.
+install request and pinned through a constraints file. scipy is bundled with Slicer too
+(``Slicer_USE_SCIPY``, on by default; imported at start-up, its files locked on Windows): it is
+installed only where a custom Slicer build lacks it, never upgraded, and pinned like numpy.
+torch (chosen by the PyTorch extension for the GPU driver) is pinned as well, so that pip
+cannot swap it while resolving another package.
 """
 from __future__ import annotations
 
@@ -15,6 +19,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 # Packages Slicer ships (or that come from another extension): never installed or upgraded here.
 PROTECTED = ("numpy", "simpleitk", "vtk", "torch", "torchvision", "torchaudio", "pythonqt", "ctk", "qt",
              "slicer", "slicer-core", "itk")
+
+# Bundled with Slicer but listed in requirements.txt for custom builds without it: installed
+# only when missing, never upgraded.
+NO_UPGRADE = ("scipy",)
+# Installed versions pinned (pip constraints) in every install or upgrade.
+CONSTRAINED = ("numpy", "SimpleITK", "scipy", "torch", "torchvision", "torchaudio")
+TORCH_REQUIREMENT = ">=2.2"
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -85,7 +96,38 @@ def versions(names: Sequence[str]) -> Dict[str, Optional[str]]:
     return {n: installed_version(n) for n in names}
 
 
-def constraints_text(names: Sequence[str] = ("numpy", "SimpleITK")) -> str:
+def pip_plan(requirements: Sequence[str], upgrade: bool = False) -> Dict[str, List[str]]:
+    """What pip may do with ``requirements``: ``{"install", "upgrade", "kept", "skipped"}``.
+
+    install: not satisfied now (missing or too old), installed without ``--upgrade``;
+    upgrade: satisfied, upgraded only when ``upgrade`` (never a NO_UPGRADE package);
+    kept: NO_UPGRADE packages already installed (left alone even if older than asked);
+    skipped: protected packages (never through pip).
+    """
+    keep, skipped = split_protected(requirements)
+    no_upgrade = {canonical(n) for n in NO_UPGRADE}
+    plan: Dict[str, List[str]] = {"install": [], "upgrade": [], "kept": [], "skipped": list(skipped)}
+    for r in keep:
+        name = requirement_name(r)
+        if canonical(name) in no_upgrade:
+            plan["kept" if installed_version(name) else "install"].append(r)
+        elif not is_satisfied(r):
+            plan["install"].append(r)
+        elif upgrade:
+            plan["upgrade"].append(r)
+    return plan
+
+
+def torch_status(requirement: str = TORCH_REQUIREMENT) -> Tuple[str, Optional[str]]:
+    """("missing" | "too_old" | "ok", installed version) from package metadata: torch is never
+    imported here (importing it into Slicer's process would lock its files until a restart)."""
+    version = installed_version("torch")
+    if version is None:
+        return "missing", None
+    return ("ok" if is_satisfied("torch" + requirement) else "too_old"), version
+
+
+def constraints_text(names: Sequence[str] = CONSTRAINED) -> str:
     """pip constraints pinning the installed versions of ``names`` (so pip cannot replace them)."""
     lines = []
     for n in names:

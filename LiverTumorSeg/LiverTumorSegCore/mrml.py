@@ -473,7 +473,7 @@ def export_labels(segmentation_node, reference_volume, segment_ids_in_order: Opt
 # report table
 # ---------------------------------------------------------------------------------------------
 REPORT_COLUMNS = ("Structure", "Volume (mL)", "Max diameter (mm)", "Centre R (mm)", "Centre A (mm)",
-                  "Centre S (mm)", "Note")
+                  "Centre S (mm)", "Confidence", "Note")
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -503,15 +503,39 @@ def report_rows(report: dict) -> List[List[str]]:
     if total is None:
         total = sum(float(t.get("volume_ml") or 0.0) for t in tumours)
     rows = [
-        ["Liver", _fmt(report.get("liver_volume_ml")), "", "", "", "", "incl. tumours"],
-        ["Liver tumors (all)", _fmt(total, 3), "", "", "", "",
+        ["Liver", _fmt(report.get("liver_volume_ml")), "", "", "", "", "", "incl. tumours"],
+        ["Liver tumors (all)", _fmt(total, 3), "", "", "", "", "",
          f"{count} tumour(s), burden {_fmt(report.get('tumour_burden_percent'))} % of liver volume"],
     ]
     for i, t in enumerate(tumours, start=1):
         ras = _ras(t) or ("", "", "")
+        note = f"max P(tumour) {_fmt(t.get('max_probability'))}" if t.get("max_probability") is not None else ""
         rows.append([f"Tumor {t.get('id', i)}", _fmt(t.get("volume_ml"), 3), _fmt(t.get("max_diameter_mm"), 1),
-                     _fmt(ras[0], 1), _fmt(ras[1], 1), _fmt(ras[2], 1), ""])
+                     _fmt(ras[0], 1), _fmt(ras[1], 1), _fmt(ras[2], 1), _fmt(t.get("confidence")), note])
     return rows
+
+
+def quality_flags(report: Optional[dict]) -> List[dict]:
+    """The report's quality flags, warnings first (``[]`` for none or an older report)."""
+    flags = [f for f in (report or {}).get("quality") or [] if isinstance(f, dict)]
+    return sorted(flags, key=lambda f: f.get("severity") != "warning")
+
+
+def quality_level(report: Optional[dict]) -> str:
+    """"warning", "info" or "" (nothing to show): chooses the panel's icon."""
+    severities = {f.get("severity") for f in quality_flags(report)}
+    return "warning" if "warning" in severities else ("info" if severities else "")
+
+
+def quality_html(report: Optional[dict]) -> str:
+    """Rich text for the panel's quality label: one line per flag (code and message)."""
+    import html
+
+    lines = []
+    for f in quality_flags(report):
+        mark = "&#9888;" if f.get("severity") == "warning" else "&#8505;"
+        lines.append(f"{mark} <b>{html.escape(str(f.get('code', '')))}</b>: {html.escape(str(f.get('message', '')))}")
+    return "<br>".join(lines)
 
 
 def fill_report_table(table_node, report: dict) -> None:

@@ -6,7 +6,9 @@
 For each volume file (.nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd) in IN it writes
 OUT/<case>.seg.nrrd (segments "Liver" and "Liver tumor", with terminology) and
 OUT/<case>.report.json, and keeps OUT/liver_tumor_reports.csv (one row per case) and
-OUT/liver_tumor_tumours.csv (one row per tumour) up to date. A failing case is recorded in the
+OUT/liver_tumor_tumours.csv (one row per tumour, with its confidence = mean tumour probability
+and max_probability) up to date. The case CSV has the quality flags of each result
+(quality_warnings: the warning codes; quality: every flag with its message). A failing case is recorded in the
 CSV and the batch continues; the exit status is 1 when any case failed.
 
 Also runs with PythonSlicer or any Python that has the slicer-core wheel (no Slicer window).

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import image_io, metrics
     from ..inference import SegmentOptions, segment
-    from ..report import format_summary, save_report
+    from ..report import format_quality, format_summary, save_report
     from ..snapshot import save_overview_png
     from ..weights import load_model
 
@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Dice against the sample's reference: liver {scores['liver']['dice']:.3f}, "
           f"tumour {scores['tumor']['dice']:.3f} (a synthetic sample: not a measure of accuracy on real scans;"
           f" see the model card)")
+    if format_quality(result.report):  # quality flags after the summary, as `segment` prints them
+        print(format_quality(result.report))
     if args.real:
         ct_path, label_path = args.real.split(",")
         real = image_io.read_image(ct_path)

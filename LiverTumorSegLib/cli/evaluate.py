@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also report per-tumour detection and Dice by size stratum")
     p.add_argument("--hd95", dest="hd95_mode", choices=metrics.HD95_MODES, default="pooled",
                    help="HD95 definition: pooled (medpy/LiTS, default) or max_directed")
+    p.add_argument("--asd", dest="asd_mode", choices=metrics.ASD_MODES, default="mean-of-directed",
+                   help="ASD definition: mean-of-directed = (mean d(P->G) + mean d(G->P)) / 2, medpy <= 0.4 as "
+                        "in the LiTS evaluation (default); pooled = mean of both distance sets together, medpy 0.5")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g = p.add_argument_group("folder mode (segment and evaluate every case of a split)")
     g.add_argument("--data", default=None, help="data folder (LiTS, Decathlon or image/label pairs)")
@@ -173,7 +176,8 @@ def _run_pair(args: argparse.Namespace) -> int:
     pred = label_array(pred_img, "prediction")
     ref = label_array(ref_img, "reference")
     spacing = ref_img.GetSpacing()[::-1]
-    result: Dict[str, object] = metrics.evaluate_case(pred, ref, spacing, hd95_mode=args.hd95_mode)
+    result: Dict[str, object] = metrics.evaluate_case(pred, ref, spacing, hd95_mode=args.hd95_mode,
+                                                      asd_mode=args.asd_mode)
     print(metrics.format_table(result))
     if args.tumour_analysis:
         analysis = metrics.tumour_analysis(pred, ref, spacing)
@@ -257,6 +261,7 @@ def evaluate_cases(
     out_dir,
     overwrite: bool = False,
     hd95_mode: str = "pooled",
+    asd_mode: str = "mean-of-directed",
     save_predictions: bool = False,
     meta: Optional[Dict[str, object]] = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
@@ -277,7 +282,7 @@ def evaluate_cases(
         check_output_path(out / name, overwrite=overwrite)  # also creates the folder
     if save_predictions:
         (out / "predictions").mkdir(exist_ok=True)
-    agg = metrics.MetricsAggregator(hd95_mode=hd95_mode)
+    agg = metrics.MetricsAggregator(hd95_mode=hd95_mode, asd_mode=asd_mode)
     rows: List[Dict[str, object]] = []
     for i, case in enumerate(cases, 1):
         t0 = time.perf_counter()
@@ -295,7 +300,7 @@ def evaluate_cases(
         if save_predictions:
             write_labelmap(pred_img, out / "predictions" / f"{case.case_id.replace('/', '_')}.nii.gz", overwrite=True)
         spacing = ref_img.GetSpacing()[::-1]
-        res = metrics.evaluate_case(pred, ref, spacing, hd95_mode=hd95_mode)
+        res = metrics.evaluate_case(pred, ref, spacing, hd95_mode=hd95_mode, asd_mode=asd_mode)
         analysis = metrics.tumour_analysis(pred, ref, spacing, connectivity=agg.connectivity)
         agg.add_result(case.case_id, res, metrics.overlap_counts(pred, ref), analysis)
         row: Dict[str, object] = {"case_id": case.case_id}
@@ -410,13 +415,13 @@ def _run_folder(args: argparse.Namespace) -> int:
     meta = {
         "data": str(args.data), "split": args.split, **split_info,
         "model": str(getattr(loaded, "path", args.model)), "model_sha256": getattr(loaded, "sha256", None),
-        "hd95_mode": args.hd95_mode, "pair_checks": checks.to_dict(), "skipped": bad,
+        "hd95_mode": args.hd95_mode, "asd_mode": args.asd_mode, "pair_checks": checks.to_dict(), "skipped": bad,
     }
     if split_info["seen_cases"]:
         meta["warning"] = (f"{len(split_info['seen_cases'])} of these cases were used to train or select the model "
                            "(--allow-seen): not a held-out score")
     summary = evaluate_cases(cases, segment_fn, args.out, overwrite=args.overwrite, hd95_mode=args.hd95_mode,
-                             save_predictions=args.save_predictions, meta=meta, checks=checks)
+                             asd_mode=args.asd_mode, save_predictions=args.save_predictions, meta=meta, checks=checks)
     print(summary_markdown(summary))
     print(f"wrote {Path(args.out) / 'cases.csv'}, tumours.csv, summary.json, summary.md")
     return 0

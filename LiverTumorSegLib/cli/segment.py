@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace, jsonl: bool) -> int:
     from ..image_io import output_format
     from ..inference import PHASE_WEIGHTS, segment
     from ..progress import ProgressReporter
-    from ..report import format_summary
+    from ..report import format_quality, format_summary
 
     t0 = time.perf_counter()
     input_path = Path(args.input).expanduser()
@@ -181,4 +181,7 @@ def _run(args: argparse.Namespace, jsonl: bool) -> int:
     else:
         print(format_summary(report))
         print(f"Wrote {output}" + (f" and {report_path}" if report_path else ""))
+        quality = format_quality(report)
+        if quality:  # quality flags after the summary, on stdout like it (also in the report's "quality")
+            print(quality)
     return 0
