@@ -91,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="progress on stderr as a bar (default), JSON lines on stdout, or none")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all usable)")
     p.set_defaults(func=run)
+    from .dicom_outputs import add_dicom_arguments  # --dicom-seg, --dicom-sr, -o OUT.dcm
+
+    add_dicom_arguments(p)
 
 
 def _writable_folder(path: Path) -> None:
@@ -244,6 +247,9 @@ def _run(args: argparse.Namespace, jsonl: bool) -> int:
         report = result.report
         report["output"] = str(output)
         report["input"] = {k: v for k, v in input_info.items() if k != "geometry"}
+        from .dicom_outputs import write_dicom_outputs  # DICOM SEG/SR when asked
+
+        output = write_dicom_outputs(args, output, result.labelmap, report, loaded, input_info)
         report["timings_s"]["read"] = round(t_read, 3)
         if report_path is not None:
             from ..report import save_report
