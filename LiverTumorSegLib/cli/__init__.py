@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from ..errors import LiverTumorSegError
 
 # Sub-command modules, imported lazily so that `livertumorseg --help` stays fast.
-SUBCOMMANDS = ("segment", "evaluate", "prepare", "train", "demo")
+SUBCOMMANDS = ("segment", "evaluate", "prepare", "train", "demo", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -222,7 +222,7 @@ def build_segmentation(labelmap: sitk.Image, sources: Sequence, identity: Mappin
         series_description="LiverTumorSeg liver+tumour (research use only)",
         content_label="LIVERTUMORSEG",
         content_description="Automatic liver and liver tumour segmentation",
-        omit_empty_frames=True,
+        omit_empty_frames=bool(arr.any()),  # an empty result keeps its frames (highdicom would warn)
     )
 
 
