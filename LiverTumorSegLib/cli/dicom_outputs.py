@@ -23,7 +23,7 @@ DICOM_SUFFIX = ".dcm"
 
 
 def add_dicom_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the DICOM output options and wrap ``func`` (call after ``set_defaults(func=...)``)."""
+    """Add the DICOM output options and wrap the sub-command's ``func`` (set before or after this call)."""
     g = parser.add_argument_group("DICOM outputs (DICOM input only; highdicom)")
     g.add_argument("--dicom-seg", default=None, metavar="OUT.dcm",
                    help="also write a DICOM Segmentation referencing the source series "
@@ -34,6 +34,15 @@ def add_dicom_arguments(parser: argparse.ArgumentParser) -> None:
     func = parser.get_default("func")
     if func is not None:
         parser.set_defaults(func=functools.partial(_run_with_dicom, func))
+    else:  # called before set_defaults(func=...): wrap the func when it is set
+        original = parser.set_defaults
+
+        def set_defaults(**kwargs: Any) -> None:
+            if kwargs.get("func") is not None:
+                kwargs["func"] = functools.partial(_run_with_dicom, kwargs["func"])
+            original(**kwargs)
+
+        parser.set_defaults = set_defaults  # type: ignore[method-assign]
 
 
 def _is_dcm(path: Optional[str]) -> bool:
