@@ -157,6 +157,7 @@ def test_interrupt_loses_only_the_case_in_flight(tmp_path, model, monkeypatch):
     assert (r.processed, r.skipped) == (2, 1)  # ct1 and the failed one
 
 
+@pytest.mark.slow
 def test_cli_workers_2_jsonl_and_same_table_as_inline(tmp_path, model, capsys):
     root = make_cases(tmp_path / "in", dicom=False)
     rc = main(["batch", str(root), "-o", str(tmp_path / "inline"), "--model", str(model), "--device", "cpu",

@@ -73,6 +73,13 @@ def _default_threads(workers: int) -> int:
 
 
 # ------------------------------------------------------------------------------ executors
+def _failed(task: dict, message: str) -> dict:
+    """The result of a case whose worker died (no result came back)."""
+    msg = " ".join(message.split())[:300]
+    return {"case_id": task["case_id"], "status": "failed", "error": msg, "seconds": 0.0, "files": {},
+            "row": summary_row(task["case_id"], task["path"], "failed", msg, 0.0, None, task.get("model_sha256", ""))}
+
+
 def _run_inline(tasks: list[dict]) -> Iterator[dict]:
     for t in tasks:
         yield process_case(t)
@@ -88,11 +95,17 @@ def _run_processes(tasks: list[dict], workers: int, threads: int) -> Iterator[di
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                initializer=init_worker, initargs=(threads,))
     try:
-        pending = {pool.submit(process_case, t) for t in tasks}
+        futures = {pool.submit(process_case, t): t for t in tasks}
+        pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
-                yield f.result()
+                try:
+                    yield f.result()
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a worker killed (e.g. out of memory) fails its case
+                    yield _failed(futures[f], f"worker process failed: {type(exc).__name__}: {exc}")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -127,11 +140,8 @@ def _run_ray(tasks: list[dict], address: str, threads: Optional[int]) -> Iterato
             for ref in done:
                 try:
                     yield ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a lost worker fails its case only
-                    t = refs[ref]
-                    msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-                    yield {"case_id": t["case_id"], "status": "failed", "error": msg, "seconds": 0.0, "files": {},
-                           "row": summary_row(t["case_id"], t["path"], "failed", msg, 0.0, None, t.get("model_sha256", ""))}
+                except Exception as exc:  # noqa: BLE001 - a lost worker or node fails its case only
+                    yield _failed(refs[ref], f"Ray task failed: {type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
