@@ -118,12 +118,22 @@ def ray_module():
     return ray
 
 
-def _run_ray(tasks: list[dict], address: str, threads: Optional[int]) -> Iterator[dict]:
+def ray_connect(address: str) -> bool:
+    """Connect to the Ray cluster at ``address`` unless already connected; True if we connected."""
     ray = ray_module()
-    started = False
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return False
+    try:
         ray.init(address=address, log_to_driver=False)
-        started = True
+    except Exception as exc:  # noqa: BLE001 - no cluster there, wrong address, version mismatch
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {first}") from None
+    return True
+
+
+def _run_ray(tasks: list[dict], threads: Optional[int]) -> Iterator[dict]:
+    ray = ray_module()
+    pending: list = []
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
         remote = ray.remote(num_cpus=threads or 1, num_gpus=1 if gpus >= 1 else 0, max_retries=0)(process_case)
@@ -146,9 +156,6 @@ def _run_ray(tasks: list[dict], address: str, threads: Optional[int]) -> Iterato
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        if started:
-            ray.shutdown()
 
 
 # ------------------------------------------------------------------------------ progress
@@ -235,12 +242,11 @@ def run_batch(cases: list[Case], out_dir, settings: BatchSettings) -> BatchResul
         raise ConfigError(f"workers must be >= 1, got {settings.workers}")
     if settings.dicom_sr and not settings.dicom_seg:
         raise ConfigError("a DICOM SR needs the DICOM SEG it references (ask for both)")
-    if settings.ray is not None:
-        ray_module()  # one-line error now when Ray is missing
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"batch output {out_dir} is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.ray is not None:
+        ray_module()  # one-line error now when Ray is missing
     weights = resolve_weights_path(settings.model)
     if not weights.is_file():
         raise InputError(f"model weights not found: {weights}")
@@ -263,6 +269,14 @@ def run_batch(cases: list[Case], out_dir, settings: BatchSettings) -> BatchResul
                       "model_sha256": model_sha, "device": settings.device, "options": seg_opts,
                       "labelmap_ext": settings.labelmap_ext, "dicom_seg": settings.dicom_seg,
                       "dicom_sr": settings.dicom_sr})
+    # one-line error before anything is written when the cluster cannot be reached
+    ray_started = bool(tasks) and settings.ray is not None and ray_connect(settings.ray)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if ray_started:
+            ray_module().shutdown()
+        raise InputError(f"cannot create the batch output folder {out_dir}: {exc.strerror or exc}") from None
     result = BatchResult(rows=[], skipped=len(cases) - len(tasks))
     progress = _Progress(settings.progress, len(cases), result.skipped)
     by_id = {c.case_id: c for c in cases}
@@ -270,7 +284,7 @@ def run_batch(cases: list[Case], out_dir, settings: BatchSettings) -> BatchResul
         if not tasks:
             stream: Iterable[dict] = iter(())
         elif settings.ray is not None:
-            stream = _run_ray(tasks, settings.ray, settings.threads)
+            stream = _run_ray(tasks, settings.threads)
         elif settings.workers > 1 and len(tasks) > 1:
             stream = _run_processes(tasks, min(settings.workers, len(tasks)), threads)
         else:
@@ -294,6 +308,8 @@ def run_batch(cases: list[Case], out_dir, settings: BatchSettings) -> BatchResul
             result.failed += entry["status"] != "done"
             progress.case(res, remaining)
     finally:
+        if ray_started:
+            ray_module().shutdown()
         rows = []
         for c in cases:
             e = manifest.get(c.case_id)
