@@ -127,6 +127,20 @@ def test_resume_skips_finished_redoes_changed_and_records_the_bad_file(tmp_path,
     assert (r3.processed, r3.skipped) == (2, 2)
     changed = {p.relative_to(out).as_posix() for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert changed == {"ct1/ct1.nii.gz"}
+    # the DICOM case's SEG holds exactly its label map; touching one file of its series redoes it
+    from LiverTumorSegLib.export.dicom_seg import decode_labelmap, read_source_headers
+    from LiverTumorSegLib.image_io import read_labelmap
+
+    dcase = out / "patient_dicom"
+    np.testing.assert_array_equal(
+        decode_labelmap(dcase / "patient_dicom.seg.dcm", read_source_headers(root / "patient_dicom")),
+        sitk.GetArrayFromImage(read_labelmap(dcase / "patient_dicom.nii.gz")))
+    some = sorted((root / "patient_dicom").iterdir())[3]
+    os.utime(some, ns=(some.stat().st_atime_ns, some.stat().st_mtime_ns + 10**9))
+    r3b = run_batch(discover_cases(root), out, s)
+    assert (r3b.processed, r3b.skipped) == (2, 2)  # the DICOM case and the failed file
+    assert (dcase / "patient_dicom.nii.gz").stat().st_mtime_ns != stamps[dcase / "patient_dicom.nii.gz"]
+    assert (out / "ct0" / "ct0.nii.gz").stat().st_mtime_ns == stamps[out / "ct0" / "ct0.nii.gz"]
     # other options: every case is redone
     r4 = run_batch(discover_cases(root), out, settings(model, dicom_seg=True, dicom_sr=True, options={"fast": True}))
     assert (r4.processed, r4.skipped) == (4, 0)
