@@ -59,9 +59,10 @@ class BatchResult:
 
 def _options_key(settings: BatchSettings) -> dict:
     """What changes a case's result (threads and executors do not)."""
-    return {"segment": {k: v for k, v in settings.options.items() if k not in ("threads",)},
-            "device": settings.device, "labelmap_ext": settings.labelmap_ext,
-            "dicom_seg": settings.dicom_seg, "dicom_sr": settings.dicom_sr}
+    key = {"segment": {k: v for k, v in settings.options.items() if k not in ("threads",)},
+           "device": settings.device, "labelmap_ext": settings.labelmap_ext,
+           "dicom_seg": settings.dicom_seg, "dicom_sr": settings.dicom_sr}
+    return json.loads(json.dumps(key, sort_keys=True))  # as stored in the manifest (tuples -> lists)
 
 
 def _default_threads(workers: int) -> int:
