@@ -21,7 +21,7 @@ from ..errors import LiverTumorSegError
 
 # The sub-command modules (cli/<name>.py), in help order. Each must exist: a missing one is an
 # ImportError, never skipped. Add a command by adding its module and its name here.
-SUBCOMMANDS = ["segment", "evaluate", "demo"]
+SUBCOMMANDS = ["segment", "evaluate", "batch", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # SegmentOptions / PostprocessOptions fields' metadata: one declaration (LiverTumorSegLib.options).
     add_arguments(p.add_argument_group("segmentation options"), SegmentOptions)
     p.set_defaults(func=run)
+    from .dicom_outputs import add_dicom_arguments  # --dicom-seg, --dicom-sr, -o OUT.dcm
+
+    add_dicom_arguments(p)
 
 
 def options_from_args(args: argparse.Namespace):
@@ -159,6 +162,9 @@ def _run(args: argparse.Namespace, jsonl: bool) -> int:
         report = result.report
         report["output"] = str(output)
         report["input"] = {k: v for k, v in input_info.items() if k != "geometry"}
+        from .dicom_outputs import write_dicom_outputs  # DICOM SEG/SR when asked
+
+        output = write_dicom_outputs(args, output, result.labelmap, report, loaded, input_info)
         report["timings_s"]["read"] = round(t_read, 3)
         if report_path is not None:
             from ..report import save_report
