@@ -228,3 +228,21 @@ def test_parquet_summary_when_pyarrow_is_installed(tmp_path, model):
     r = run_batch(discover_cases(root), tmp_path / "o", settings(model))
     t = pq.read_table(r.summary_parquet).to_pylist()
     assert [x["case_id"] for x in t] == ["bad", "ct0", "ct1"] and list(t[0]) == list(SUMMARY_COLUMNS)
+
+
+def test_cli_segment_options_reach_every_case(tmp_path, model):
+    """The batch command takes the segmentation options from the one declaration
+    (SegmentOptions/PostprocessOptions fields): nested post-processing options reach the case."""
+    root = tmp_path / "in"
+    root.mkdir()
+    sitk.WriteImage(phantom(0), str(root / "ct0.nii.gz"))
+    out = tmp_path / "out"
+    rc = main(["batch", str(root), "-o", str(out), "--model", str(model), "--device", "cpu", "--threads", "1",
+               "--progress", "none", "--no-fill-holes", "--min-tumour-ml", "0.5", "--fast"])
+    assert rc == 0
+    rep = json.loads((out / "ct0" / "ct0.report.json").read_text())
+    assert rep["options"]["fast"] is True
+    assert rep["options"]["postprocess"]["fill_holes"] is False
+    assert rep["options"]["postprocess"]["min_tumour_volume_ml"] == 0.5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "fill_holes" in json.dumps(manifest)

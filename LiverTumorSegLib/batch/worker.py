@@ -76,6 +76,7 @@ def process_case(task: dict) -> dict:
     """
     from ..image_io import read_image_with_info, write_labelmap
     from ..inference import SegmentOptions, segment
+    from ..utils.options import with_overrides
     from ..report import save_report
 
     t0 = time.perf_counter()
@@ -89,7 +90,7 @@ def process_case(task: dict) -> dict:
         opts = dict(task.get("options") or {})
         if opts.get("window") is not None:
             opts["window"] = tuple(opts["window"])
-        options = SegmentOptions(**opts)
+        options = with_overrides(SegmentOptions(), **opts)
         image, info = read_image_with_info(path, series_uid=task.get("series_uid"))
         result = segment(image, loaded, options, input_path=str(path))
         report = result.report
