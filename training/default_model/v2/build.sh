@@ -6,7 +6,7 @@
 # segmenter grid) -> 3 train stage 1 -> 4 train stage 2 (from v1's weights when present) ->
 # 5 assemble the bundle -> 6 evaluate (finalize.py; INSTALL=1 installs it as the package default).
 # Environment: PY (python), GEN_ARGS (data generator options), INIT (v1 weights to start stage 2
-# from; "" for none), INSTALL=1, SMOKE=1.
+# from; "" for none), REAL_DATA (folder of real scans, default ../shared/data), INSTALL=1, SMOKE=1.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 V2=training/default_model/v2
@@ -29,7 +29,8 @@ v2, work = Path(sys.argv[1]), Path(sys.argv[2])
 known = {f.name for f in dataclasses.fields(TrainConfig)}
 for stage, patch in (("locator", [16, 32, 32]), ("segmenter", [16, 48, 48])):
     cfg = json.loads((v2 / f"{stage}_train.json").read_text())
-    cfg.update({"epochs": 1, "max_iters_per_epoch": 2, "patch_size": patch, "val_every": 1, "val_max_cases": 1})
+    cfg.update({"epochs": 1, "max_iters_per_epoch": 2, "patch_size": patch, "val_every": 1, "val_max_cases": 1,
+                "val_window": [64, 160, 160]})  # few validation windows: seconds, not minutes
     for k in sorted(set(cfg) - known - {"_comment"}):
         print(f"smoke: this checkout's TrainConfig has no '{k}': dropped from the {stage} smoke config")
         cfg.pop(k)
@@ -67,4 +68,5 @@ $PY $V2/assemble_bundle.py --locator-run "$WORK/run-locator" --segmenter-run "$W
 echo "== 6/6 evaluate"
 INSTALL_ARGS=()
 if [ "${INSTALL:-0}" = 1 ] && [ "$SMOKE" != 1 ]; then INSTALL_ARGS=(--install); fi
+if [ -n "${REAL_DATA:-}" ]; then FIN_ARGS="$FIN_ARGS --real-data $REAL_DATA"; fi
 $PY $V2/finalize.py --bundle "$WORK/bundle/default.json" --work "$WORK" $FIN_ARGS "${INSTALL_ARGS[@]}"
