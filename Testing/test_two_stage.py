@@ -237,3 +237,17 @@ def test_two_stage_oblique_input_gives_the_same_physical_liver(bundles, monkeypa
                                                   sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
     sel = ref & inside
     assert sel.sum() > 1000 and back[sel].mean() > 0.99
+
+
+def test_default_model_resolves_to_a_bundle_when_the_package_has_one(tmp_path, monkeypatch):
+    from LiverTumorSegLib import weights
+
+    b = make_bundle(tmp_path, name="default")
+    monkeypatch.setattr(weights, "RESOURCE_MODELS", tmp_path)
+    monkeypatch.setattr(weights, "DEFAULT_BUNDLE", tmp_path / "default.json")
+    for spec in (None, "default"):
+        m = load_model(spec)
+        assert isinstance(m, TwoStageModel) and m.path == b.resolve()
+    # a v1-style default (default.json a single-stage sidecar) is not a bundle: v1 loading is unchanged
+    monkeypatch.setattr(weights, "DEFAULT_BUNDLE", tmp_path / "default-locator.json")
+    assert weights.bundle_path(None) is None
