@@ -10,6 +10,9 @@
 Loading verifies, in order: the file exists and is a safetensors file, the sidecar exists and
 parses, the checksum matches, the configuration builds a model, and the tensor names and
 shapes equal that model's. Each failure is a one-line :class:`WeightsError`.
+
+A two-stage bundle (``NAME.json`` with ``"kind": "two_stage"``, see :func:`load_bundle`) names
+two such files (liver locator + segmenter) and their checksums; ``load_model`` loads it too.
 """
 from __future__ import annotations
 
