@@ -17,7 +17,6 @@ a report that says so (``"no_liver": true`` and a note); never a tumour, never a
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
