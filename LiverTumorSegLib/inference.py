@@ -234,6 +234,10 @@ def segment(
     previous_threads = torch.get_num_threads()
     set_cpu_threads(opts.threads)  # CPU inference, and CPU-side blending on any device
     try:
+        if getattr(loaded, "kind", None) == "two_stage":  # locator + segmenter bundle (weights.TwoStageModel)
+            from .inferers.two_stage import segment_two_stage
+
+            return segment_two_stage(image, loaded, opts, reporter, device, input_path, timings, notes, t_start)
         return _segment(image, loaded, opts, reporter, device, input_path, timings, notes, t_start)
     finally:
         torch.set_num_threads(previous_threads)

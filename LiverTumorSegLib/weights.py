@@ -10,6 +10,9 @@
 Loading verifies, in order: the file exists and is a safetensors file, the sidecar exists and
 parses, the checksum matches, the configuration builds a model, and the tensor names and
 shapes equal that model's. Each failure is a one-line :class:`WeightsError`.
+
+A two-stage bundle (``NAME.json`` with ``"kind": "two_stage"``, see :func:`load_bundle`) names
+two such files (liver locator + segmenter) and their checksums; ``load_model`` loads it too.
 """
 from __future__ import annotations
 
@@ -180,12 +183,19 @@ def _check_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path
         raise WeightsError(f"weights {path.name} do not match the model configured in its sidecar: " + "; ".join(parts))
 
 
-def load_model(path: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu") -> LoadedModel:
-    """Load, verify and build the model; returns it in eval mode on ``device``."""
+def load_model(path: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu"):
+    """Load, verify and build the model; returns it in eval mode on ``device``.
+
+    A ``.safetensors`` file gives a :class:`LoadedModel`; a two-stage bundle sidecar
+    (``.json`` with ``"kind": "two_stage"``, and the bundled default when it is one) gives a
+    :class:`TwoStageModel` (see :func:`load_bundle`)."""
     from .device import resolve_device
     from .models import ModelConfig, build_model_from_config
     from .preprocessing import PreprocessingConfig
 
+    bundle = bundle_path(path)
+    if bundle is not None:  # a two-stage bundle (BUNDLE_KIND): locator + segmenter
+        return load_bundle(bundle, device)
     path = resolve_weights_path(path)
     if not path.exists():
         raise WeightsError(f"weights file not found: {path}")
@@ -217,3 +227,219 @@ def load_model(path: Union[str, Path, None] = None, device: Union[str, torch.dev
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     model.to(dev)
     return LoadedModel(model=model, metadata=meta, preprocessing=pre, path=path.resolve(), sha256=digest, device=dev)
+
+
+# ============================================================================ two-stage bundles
+# A bundle is a JSON file (no tensors of its own) naming two ordinary single-stage weights
+# files beside it: stage 1 (the liver locator, coarse grid, whole CT) and stage 2 (the
+# segmenter, fine grid, run only inside the locator's box). Each stage keeps its own sidecar
+# (model configuration + preprocessing); the bundle records the sha256 of both files of each
+# stage, so neither the tensors nor the preprocessing of a stage can change unnoticed::
+#
+#     {"format_version": 2, "kind": "two_stage", "name", "version", "created",
+#      "stages": {"locator":   {"file": "x-locator.safetensors", "sha256", "sidecar_sha256",
+#                               "preprocessing": {...}},
+#                 "segmenter": {...}},
+#      "box_margin_mm": 20.0, "liver_threshold": 0.5, "min_liver_ml": 5.0,
+#      "inference": {"window": [...]}  (stage 2's; the locator's own is in its sidecar),
+#      "labels": {...}, ...}
+BUNDLE_FORMAT_VERSION = 2
+BUNDLE_KIND = "two_stage"
+BUNDLE_STAGES = ("locator", "segmenter")
+DEFAULT_BUNDLE = RESOURCE_MODELS / "default.json"
+DEFAULT_BOX_MARGIN_MM = 20.0
+
+
+@dataclass
+class TwoStageModel:
+    """A loaded two-stage bundle: ``locator`` (stage 1) and ``segmenter`` (stage 2).
+
+    ``inference.segment`` dispatches on ``kind``; there is deliberately no ``.model``, so code
+    that expects one network fails loudly instead of silently running one stage."""
+
+    locator: LoadedModel
+    segmenter: LoadedModel
+    metadata: dict  # the bundle sidecar
+    path: Path
+    sha256: str  # of the bundle file itself
+    box_margin_mm: float = DEFAULT_BOX_MARGIN_MM
+    liver_threshold: float = 0.5
+    min_liver_ml: float = 5.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    kind: str = BUNDLE_KIND
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or self.path.stem)
+
+    @property
+    def stages(self) -> dict:
+        return {"locator": self.locator, "segmenter": self.segmenter}
+
+    def identity(self) -> dict:
+        return {"name": self.name, "version": self.metadata.get("version"), "sha256": self.sha256,
+                "path": str(self.path), "kind": self.kind,
+                "stages": {k: v.identity() for k, v in self.stages.items()}, "box_margin_mm": self.box_margin_mm}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{path} is not a readable JSON file: {str(exc).splitlines()[0]}") from None
+
+
+def is_bundle_file(path: Union[str, Path]) -> bool:
+    """True for a JSON file whose ``kind`` is a two-stage bundle."""
+    p = Path(path)
+    if p.suffix.lower() != ".json" or not p.is_file():
+        return False
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == BUNDLE_KIND
+
+
+def bundle_path(path: Union[str, Path, None]) -> Optional[Path]:
+    """The bundle file ``path`` names, or None when it names single-stage weights.
+
+    ``None`` -> the bundled default when ``default.json`` is a bundle; a bare name -> a
+    bundled ``NAME.json`` bundle; a ``.json`` path -> itself when it is a bundle."""
+    if path is None or str(path) == "":
+        return DEFAULT_BUNDLE if is_bundle_file(DEFAULT_BUNDLE) else None
+    p = Path(path).expanduser()
+    if not p.exists() and p.suffix == "" and os.sep not in str(path):
+        cand = RESOURCE_MODELS / f"{path}.json"
+        return cand if is_bundle_file(cand) else None
+    if p.suffix.lower() == ".json":
+        if not p.is_file():
+            raise WeightsError(f"model bundle not found: {p}")
+        if is_bundle_file(p):
+            return p
+        meta = _read_json(p)
+        if isinstance(meta, dict) and "kind" in meta:
+            raise WeightsError(f"{p.name}: unknown model kind {meta['kind']!r} (this software reads '{BUNDLE_KIND}')")
+        raise WeightsError(f"{p.name} is not a model bundle; pass the .safetensors weights file it describes")
+    return None
+
+
+def _positive(meta: dict, key: str, default: float, path: Path, allow_zero: bool = True) -> float:
+    v = meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 if allow_zero else v > 0) \
+            or v != v or v == float("inf"):
+        raise WeightsError(f"model bundle {path.name}: '{key}' must be a {'non-negative' if allow_zero else 'positive'} "
+                           f"number, got {v!r}")
+    return float(v)
+
+
+def load_bundle(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> TwoStageModel:
+    """Load and verify a two-stage bundle; any problem is a one-line WeightsError naming the stage."""
+    from .preprocessing import PreprocessingConfig
+
+    path = Path(path)
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or meta.get("kind") != BUNDLE_KIND:
+        raise WeightsError(f"{path.name} is not a two-stage model bundle (no \"kind\": \"{BUNDLE_KIND}\")")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < BUNDLE_FORMAT_VERSION:
+        raise WeightsError(f"model bundle {path.name} has no valid format_version (expected {BUNDLE_FORMAT_VERSION})")
+    if version > BUNDLE_FORMAT_VERSION:
+        raise WeightsError(f"model bundle {path.name} has format_version {version}; this software reads up to "
+                           f"{BUNDLE_FORMAT_VERSION} (update LiverTumorSegLib)")
+    stages = meta.get("stages")
+    if not isinstance(stages, dict):
+        raise WeightsError(f"model bundle {path.name} lacks 'stages'")
+    loaded: dict[str, LoadedModel] = {}
+    for stage in BUNDLE_STAGES:
+        entry = stages.get(stage)
+        if not isinstance(entry, dict) or not entry.get("file") or not entry.get("sha256"):
+            raise WeightsError(f"model bundle {path.name}: stage '{stage}' is missing or lacks 'file'/'sha256'")
+        wpath = (path.parent / str(entry["file"])).resolve()
+        if wpath.parent != path.parent.resolve():
+            raise WeightsError(f"model bundle {path.name}: stage '{stage}' file must lie beside the bundle")
+        if not wpath.is_file():
+            raise WeightsError(f"model bundle {path.name}: stage '{stage}' weights file {wpath.name} is missing")
+        digest = sha256_file(wpath)
+        if digest != str(entry["sha256"]).lower():
+            raise WeightsError(f"model bundle {path.name}: stage '{stage}' file {wpath.name} differs from the one the "
+                               f"bundle names (sha256 {digest[:12]}... vs {str(entry['sha256'])[:12]}...)")
+        side = sidecar_path(wpath)
+        if entry.get("sidecar_sha256") and side.is_file() and sha256_file(side) != str(entry["sidecar_sha256"]).lower():
+            raise WeightsError(f"model bundle {path.name}: stage '{stage}' sidecar {side.name} was changed after the "
+                               "bundle was made (its sha256 differs)")
+        try:
+            lm = load_model(wpath, device)
+        except WeightsError as exc:
+            raise WeightsError(f"model bundle {path.name}: stage '{stage}': {exc}") from None
+        if isinstance(lm, TwoStageModel):  # pragma: no cover - a .safetensors path never is
+            raise WeightsError(f"model bundle {path.name}: stage '{stage}' is itself a bundle")
+        if "preprocessing" in entry:
+            try:
+                pre = PreprocessingConfig.from_dict(dict(entry["preprocessing"]))
+            except Exception as exc:
+                raise WeightsError(f"model bundle {path.name}: stage '{stage}' preprocessing is not usable: {exc}") from None
+            if pre != lm.preprocessing:
+                raise WeightsError(f"model bundle {path.name}: stage '{stage}' preprocessing differs from its "
+                                   f"sidecar {side.name}")
+        loaded[stage] = lm
+    meta = dict(meta)
+    if not (meta.get("inference") or {}).get("window"):
+        window = (loaded["segmenter"].metadata.get("inference") or {}).get("window")
+        if window:
+            meta["inference"] = {**(meta.get("inference") or {}), "window": list(window)}
+    threshold = _positive(meta, "liver_threshold", 0.5, path, allow_zero=False)
+    if threshold >= 1.0:
+        raise WeightsError(f"model bundle {path.name}: 'liver_threshold' must be below 1, got {threshold}")
+    return TwoStageModel(
+        locator=loaded["locator"], segmenter=loaded["segmenter"], metadata=meta, path=path.resolve(),
+        sha256=sha256_file(path), box_margin_mm=_positive(meta, "box_margin_mm", DEFAULT_BOX_MARGIN_MM, path),
+        liver_threshold=threshold, min_liver_ml=_positive(meta, "min_liver_ml", 5.0, path),
+        device=loaded["segmenter"].device,
+    )
+
+
+def save_bundle(path: Union[str, Path], locator: Union[str, Path], segmenter: Union[str, Path],
+                metadata: Optional[Mapping[str, Any]] = None, overwrite: bool = True) -> Path:
+    """Write a two-stage bundle ``path`` (.json) naming two single-stage weights files that lie
+    beside it (copy them there first). ``metadata`` may hold ``name``, ``version``,
+    ``box_margin_mm``, ``liver_threshold``, ``min_liver_ml``, ``inference`` and anything
+    JSON-serialisable (training provenance). The bundle is verified by loading it."""
+    from . import LABELS
+
+    path = Path(path)
+    if path.suffix != ".json":
+        raise WeightsError(f"bundle file name must end in .json: {path}")
+    meta = dict(metadata or {})
+    stages = {}
+    for stage, w in (("locator", Path(locator)), ("segmenter", Path(segmenter))):
+        if w.resolve().parent != path.resolve().parent:
+            raise WeightsError(f"stage '{stage}' weights {w} must lie in the bundle's folder {path.parent}")
+        side = _read_sidecar(w)  # checks the sidecar exists and parses
+        stages[stage] = {"file": w.name, "sha256": sha256_file(w), "sidecar_sha256": sha256_file(sidecar_path(w)),
+                         "name": side.get("name"), "model_config": side.get("model_config"),
+                         "preprocessing": side.get("preprocessing")}
+    seg_window = (_read_sidecar(Path(segmenter)).get("inference") or {}).get("window")
+    bundle = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "kind": BUNDLE_KIND,
+        "name": meta.pop("name", None) or path.stem,
+        "version": str(meta.pop("version", None) or "0"),
+        "created": meta.pop("created", None) or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stages": stages,
+        "box_margin_mm": float(meta.pop("box_margin_mm", DEFAULT_BOX_MARGIN_MM)),
+        "liver_threshold": float(meta.pop("liver_threshold", 0.5)),
+        "min_liver_ml": float(meta.pop("min_liver_ml", 5.0)),
+        "labels": {str(k): v for k, v in LABELS.items()},
+    }
+    inference = meta.pop("inference", None) or ({"window": list(seg_window)} if seg_window else None)
+    if inference:
+        bundle["inference"] = _jsonable(inference)
+    for k, v in meta.items():
+        if k not in bundle:
+            bundle[k] = _jsonable(v)
+    from .utils.files import atomic_write_json
+
+    atomic_write_json(path, bundle, overwrite=overwrite)
+    load_bundle(path)  # refuse to leave an unusable bundle unnoticed
+    return path

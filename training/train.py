@@ -6,6 +6,7 @@
     python training/train.py --config training/configs/cpu-small.json --cache CACHE --out RUN --epochs 20
     python training/train.py --cache CACHE --out RUN --resume RUN/last.safetensors
     python training/train.py --cache CACHE --out RUN --resume RUN --epochs 200   # extend a run
+    python training/train.py --config C.json --cache CACHE --out RUN --init-weights OLD.safetensors  # fine-tune
     torchrun --nproc_per_node 2 training/train.py --config ... --cache CACHE --out RUN   # DDP
 
 Options override the config file; ``--set key=value`` sets any field (dotted keys, JSON
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "larger than the run's, the run is extended and the learning-rate schedule follows N epochs from there")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files in an existing --out folder (without it, an existing run folder is refused)")
+    p.add_argument("--init-weights", metavar="W.safetensors",
+                   help="start from these weights (checked by sha256; same architecture as the config's model) "
+                        "instead of a random initialisation; ignored with --resume")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any config field (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
@@ -72,6 +76,38 @@ def config_from_args(args):
     return cfg.with_updates(updates) if updates else cfg
 
 
+def use_init_weights(cfg, path: str):
+    """Make the trainer start from ``path`` (a verified weights file of the same architecture).
+
+    The trainer builds its model with ``ltstrain.trainer.build_training_model``; this wraps that
+    builder to load the weights into the fresh model (strict: every tensor name and shape must
+    match). The source and its sha256 go into the recipe's ``notes``, hence into every sidecar."""
+    import ltstrain.trainer as trainer
+    from LiverTumorSegLib.errors import WeightsError
+    from LiverTumorSegLib.weights import load_model
+
+    init = load_model(path, device="cpu")
+    if getattr(init, "kind", None) == "two_stage":
+        raise WeightsError(f"--init-weights needs one network's .safetensors, not the bundle {path}")
+    state = init.model.state_dict()
+    build = trainer.build_training_model
+
+    def build_from_init(c):
+        model = build(c)
+        expected = model.state_dict()
+        bad = sorted(k for k in set(expected) | set(state)
+                     if k not in expected or k not in state or tuple(expected[k].shape) != tuple(state[k].shape))
+        if bad:
+            raise WeightsError(f"--init-weights {Path(path).name} does not match the model '{c.model}' of the "
+                               f"recipe ({len(bad)} tensor(s) differ, e.g. {bad[0]})")
+        model.load_state_dict(state, strict=True)
+        return model
+
+    trainer.build_training_model = build_from_init
+    note = f"initialised from {Path(path).name} (sha256 {init.sha256})"
+    return cfg.with_updates({"notes": f"{cfg.notes}; {note}" if cfg.notes else note})
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from LiverTumorSegLib.errors import LiverTumorSegError
@@ -87,6 +123,8 @@ def main(argv=None) -> int:
             if run_cfg.is_file():
                 args.config = str(run_cfg)
                 cfg = config_from_args(args)
+        if args.init_weights and not args.resume:
+            cfg = use_init_weights(cfg, args.init_weights)
         train(cfg, args.cache, args.out, resume=args.resume, overwrite=args.overwrite)
     except (LiverTumorSegError, ValueError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 ``baseline`` plain 3D U-Net; ``mce`` + multi-scale context encoder; ``mce_cb`` + codebook;
 ``full`` + Mamba GFR (the paper's model); ``full_mhsa`` the same with self-attention instead
-of Mamba. Names of comparator networks (``models.comparators.COMPARATOR_NAMES``, built by
+of Mamba; ``locator`` a small plain U-Net (8/16/32/64 features, no MCE/codebook/GFR) that
+finds the liver on a coarse grid over the whole CT (stage 1 of the two-stage default model,
+``inferers/two_stage.py``). Names of comparator networks (``models.comparators.COMPARATOR_NAMES``, built by
 another module) are accepted by :func:`build_model` too.
 """
 from __future__ import annotations
@@ -21,6 +23,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "mce_cb": {"use_mce": True, "codebook": True, "gfr": "none"},
     "full": {"use_mce": True, "codebook": True, "gfr": "mamba"},
     "full_mhsa": {"use_mce": True, "codebook": True, "gfr": "mhsa"},
+    # stage 1 of the two-stage model: 4 mm grid, whole CT; capacity for "where is the liver",
+    # not for 5 mm lesions (those are stage 2's job inside the box)
+    "locator": {"use_mce": False, "codebook": False, "gfr": "none", "features": (8, 16, 32, 64)},
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_PRESETS)
 

@@ -9,7 +9,19 @@ SegResNet(init_filters=16) in place of the network; prints both and their ratio.
     .venv/bin/python training/benchmarks/bench_pipeline.py --size 256 256 64 --no-segresnet
     .venv/bin/python training/benchmarks/bench_pipeline.py --profile   # torch profiler, one window
 
+    .venv/bin/python training/benchmarks/bench_pipeline.py --two-stage  # v2: locator + full, 512x512x170
+
 Targets (2-core CPU): whole volume < 60 s, peak < 4 GB, not slower than the SegResNet run.
+
+``--two-stage`` times the two-stage pipeline (stage 1 locator on the 4 mm grid over the whole
+CT, stage 2 ``full`` at 1.5 x 1.5 x 2 mm inside the liver box; training/default_model/v2's
+preprocessing and windows; random weights unless ``--bundle B.json``) end to end with per-stage
+costs, against v1 (the package's single-stage default, when present) and MONAI SegResNet at the
+paper's resolution (in-plane 512 -> 256, 1 mm slices, 48x256x256 windows), same process, same
+image. Random locator weights find no realistic liver, so stage 1 runs for its cost and its
+probabilities are then replaced by the phantom's reference liver on the same grid (the box is
+what a working locator gives); with ``--bundle`` nothing is replaced. Issue 9 targets: no slower
+than v1, ideally < 20 s, peak memory < 2.5 GB.
 Peak memory: a sampling thread reads this process's resident set size (``/proc/self/statm``)
 every 10 ms during each run, so the two runs are measured separately in one process;
 ``ru_maxrss`` (whole-process peak) is printed too.
@@ -25,6 +37,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -155,7 +169,12 @@ def main(argv=None) -> int:
                     help="also time this many model/SegResNet window forwards alternately (0: skip)")
     ap.add_argument("--profile", action="store_true", help="torch profiler table of one window, then exit")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--two-stage", action="store_true", help="time the v2 two-stage pipeline (see above)")
+    ap.add_argument("--bundle", default=None, help="with --two-stage: a trained bundle .json instead of random weights")
+    ap.add_argument("--no-v1", action="store_true", help="with --two-stage: skip the v1 single-stage run")
     args = ap.parse_args(argv)
+    if args.two_stage:
+        return two_stage_main(args)
 
     import torch
     from monai.networks.nets import SegResNet
@@ -245,6 +264,106 @@ def main(argv=None) -> int:
           f"{summary['ru_maxrss_gb']:.2f} GB")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _random_bundle(folder: Path):
+    """A bundle of randomly initialised v2 networks with v2's preprocessing and windows."""
+    import torch
+
+    from LiverTumorSegLib.models import build_model
+    from LiverTumorSegLib.weights import save_bundle, save_weights
+
+    v2 = REPO / "training" / "default_model" / "v2"
+    paths = {}
+    for stage, name in (("locator", "locator"), ("segmenter", "full")):
+        cfg = json.loads((v2 / f"{stage}_train.json").read_text())
+        torch.manual_seed(0)
+        paths[stage] = save_weights(build_model(name), folder / f"bench-{stage}.safetensors", {
+            "name": f"random-{stage}", "version": "bench",
+            "preprocessing": json.loads((v2 / f"{stage}_preprocessing.json").read_text()),
+            "inference": {"window": cfg["patch_size"]}})
+    return save_bundle(folder / "bench.json", paths["locator"], paths["segmenter"], {"name": "random-v2-bundle"})
+
+
+def two_stage_main(args) -> int:
+    import torch
+
+    from LiverTumorSegLib.device import choose_cpu_threads
+    from LiverTumorSegLib.inference import SegmentOptions
+    from LiverTumorSegLib.inferers import two_stage
+    from LiverTumorSegLib.models import build_model
+    from LiverTumorSegLib.preprocessing import PreprocessingConfig, preprocess_label
+    from LiverTumorSegLib.synthetic import make_synthetic_ct
+    from LiverTumorSegLib.weights import DEFAULT_WEIGHTS, LoadedModel, load_model
+
+    threads = choose_cpu_threads(args.threads)
+    torch.set_num_threads(threads)
+    size = tuple(args.size) if tuple(args.size) != (512, 512, 160) else (512, 512, 170)
+    spacing = tuple(args.spacing) if tuple(args.spacing) != (0.8, 0.8, 2.5) else (0.78, 0.78, 2.5)
+    t = time.perf_counter()
+    case = make_synthetic_ct(size=size, spacing=spacing, seed=0)
+    print(f"synthetic CT {size} at {spacing} mm made in {time.perf_counter() - t:.1f} s; torch threads {threads}",
+          flush=True)
+    options = SegmentOptions(device="cpu", threads=threads, fast=args.fast,
+                             **({"overlap": args.overlap} if args.overlap is not None else {}))
+    tmp = tempfile.TemporaryDirectory()
+    bundle = load_model(args.bundle) if args.bundle else load_model(_random_bundle(Path(tmp.name)))
+    for stage, lm in bundle.stages.items():
+        print(f"{stage}: {lm.metadata.get('name')}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.2f} M "
+              f"parameters, grid {lm.preprocessing.inplane_spacing} x {lm.preprocessing.z_spacing} mm, window "
+              f"{(lm.metadata.get('inference') or {}).get('window')}", flush=True)
+    if not args.bundle:  # a random locator: keep its cost, use the phantom's liver as its answer
+        real_locate = two_stage.locate
+
+        def locate(image, locator, opts, device, reporter, notes):
+            p, grid, compute, timings = real_locate(image, locator, opts, device, reporter, notes)
+            return (preprocess_label(case.label, grid) >= 1).astype(np.float32), grid, compute, timings
+
+        two_stage.locate = locate
+    runs = []
+    order = [("two-stage", bundle)]
+    if not args.no_v1 and DEFAULT_WEIGHTS.is_file():
+        order.append(("v1", load_model(DEFAULT_WEIGHTS)))
+    if not args.no_segresnet:
+        torch.manual_seed(0)
+        net = build_model("segresnet").eval().requires_grad_(False)
+        order.append(("segresnet", LoadedModel(model=net, metadata={"name": "SegResNet(init_filters=16), paper grid"},
+                                               preprocessing=PreprocessingConfig(), path=Path("segresnet"),
+                                               sha256="-")))
+    best: dict = {}
+    for _ in range(max(1, args.repeat)):
+        for label, lm in order:
+            r = run_pipeline(case.image, lm, options, f"{label} ({lm.metadata.get('name')})")
+            print(json.dumps(r), flush=True)
+            if label not in best or r["wall_s"] < best[label]["wall_s"]:
+                best[label] = {**r, "peak_rss_gb": max(r["peak_rss_gb"], best.get(label, {}).get("peak_rss_gb", 0))}
+    runs = [best[label] for label, _ in order]
+    ts = best["two-stage"]
+    tim = ts["timings_s"]
+    stage1 = sum(tim.get(k, 0) for k in ("stage1_preprocess", "stage1_inference", "stage1_box"))
+    stage2 = sum(tim.get(k, 0) for k in ("stage2_preprocess", "stage2_inference", "stage2_restore",
+                                         "stage2_postprocess", "paste"))
+    summary = {"size": list(size), "spacing": list(spacing), "threads": threads, "runs": runs,
+               "stage1_s": round(stage1, 2), "stage2_s": round(stage2, 2),
+               "ru_maxrss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    print(f"two-stage: {ts['wall_s']:.1f} s end to end (stage 1 {stage1:.1f} s: preprocess "
+          f"{tim.get('stage1_preprocess', 0):.1f} + network {tim.get('stage1_inference', 0):.1f}; stage 2 {stage2:.1f} s: "
+          f"preprocess {tim.get('stage2_preprocess', 0):.1f} + network {tim.get('stage2_inference', 0):.1f} "
+          f"({ts['windows']} windows) + restore {tim.get('stage2_restore', 0):.1f} + clean-up "
+          f"{tim.get('stage2_postprocess', 0):.1f}), peak RSS {ts['peak_rss_gb']:.2f} GB")
+    for label in ("v1", "segresnet"):
+        if label in best:
+            ratio = ts["wall_s"] / best[label]["wall_s"]
+            summary[f"time_ratio_two_stage_over_{label}"] = round(ratio, 3)
+            print(f"time ratio two-stage / {label}: {ratio:.2f} ({ts['wall_s']:.1f} s vs {best[label]['wall_s']:.1f} s; "
+                  f"peak {ts['peak_rss_gb']:.2f} vs {best[label]['peak_rss_gb']:.2f} GB)")
+    print(f"targets: < 20 s {'met' if ts['wall_s'] < 20 else 'NOT met'}; peak < 2.5 GB "
+          f"{'met' if ts['peak_rss_gb'] < 2.5 else 'NOT met'}"
+          + (f"; no slower than v1 {'met' if ts['wall_s'] <= best['v1']['wall_s'] else 'NOT met'}" if "v1" in best else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.cleanup()
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Inference strategies on top of the single-stage corridor (``inference.segment``)."""
