@@ -5,10 +5,12 @@ temporary work folder; :func:`load_probabilities` reads that file (float32, 2 co
 P(liver region), P(tumour)) right after the run and keeps, in Slicer's memory (a
 :class:`KeptProbabilities` held by the module logic, not a node in the scene, not saved with
 it), only the box around the liver region (argmax region, grown by one voxel) as two float16
-arrays: P(liver parenchyma) and P(tumour). That is 4 bytes per voxel of the box: about 45 MB
-for a typical liver box (250 x 200 x 220 voxels) and at most 315 MB for a whole 512 x 512 x 300
-CT. While reading, the float32 file is briefly held whole (8 bytes per voxel: 630 MB for
-512 x 512 x 300). The work folder is deleted after the import, as before.
+arrays: P(liver parenchyma) and P(tumour), plus one byte per voxel for the threshold-independent
+liver region (:meth:`KeptProbabilities.prepare`). That is 5 bytes per voxel of the box: about
+23 MB for a typical liver box (100 x 210 x 220 voxels of a 512 x 512 x 150 CT) and at most
+390 MB if the box were a whole 512 x 512 x 300 CT. While reading, the float32 file is briefly
+held whole (8 bytes per voxel: 630 MB for 512 x 512 x 300). The work folder is deleted after
+the import, as before.
 
 :func:`apply_tumour_threshold` relabels the box with the library's one rule
 (``LiverTumorSegLib.transforms.restore.labels_from_probabilities``) followed by the run's own
@@ -46,10 +48,37 @@ class KeptProbabilities:
     postprocess: dict = field(default_factory=dict)  # the run's PostprocessOptions
     volume_node_id: Optional[str] = None
     segmentation_node_id: Optional[str] = None
+    # threshold-independent part of the post-processing (fast path, see threshold_box):
+    # 2 = the liver region kept by steps 1-2, 1 = holes filled by step 3, 0 = outside
+    region: Optional[np.ndarray] = None
 
     @property
     def nbytes(self) -> int:
-        return int(self.p_liver.nbytes + self.p_tumour.nbytes)
+        extra = self.region.nbytes if self.region is not None else 0
+        return int(self.p_liver.nbytes + self.p_tumour.nbytes + extra)
+
+    @property
+    def fast_path(self) -> bool:
+        """With the default clean-up (largest liver component and tumours inside the liver) the
+        liver region after steps 1-3 does not depend on the threshold: it is computed once."""
+        pp = self.postprocess or {}
+        return bool(pp.get("largest_liver_component", True)) and bool(pp.get("tumour_inside_liver", True))
+
+    def prepare(self) -> None:
+        """Compute the threshold-independent region once (1 byte per voxel of the box)."""
+        if self.region is not None or not self.fast_path:
+            return
+        from LiverTumorSegLib.options import PostprocessOptions
+        from LiverTumorSegLib.postprocess import largest_component, postprocess_labels
+        from LiverTumorSegLib.transforms.restore import argmax_labels
+
+        kept_region = largest_component(argmax_labels(self.p_liver, self.p_tumour) > 0)  # steps 1-2
+        opts = dict(self.postprocess or {}, largest_liver_component=False, tumour_inside_liver=False,
+                    min_tumour_volume_ml=0.0)
+        filled, _ = postprocess_labels(kept_region.astype(np.uint8), self.spacing_kji, PostprocessOptions(**opts))
+        region = (filled > 0).astype(np.uint8)
+        region[kept_region] = 2
+        self.region = region
 
     @property
     def spacing_kji(self) -> Tuple[float, float, float]:
@@ -109,16 +138,34 @@ def load_probabilities(path, volume_node, crop: Optional["mrml.CropBox"] = None,
     kept = from_arrays(arr[..., 0], arr[..., 1], mrml.ijk_to_ras(volume_node), offset, full_shape, postprocess)
     if kept is not None:
         kept.volume_node_id = volume_node.GetID()
+        kept.prepare()
     return kept
 
 
-def threshold_box(kept: KeptProbabilities, threshold: Optional[float]) -> np.ndarray:
-    """Labels (uint8, box shape) at ``threshold`` (None: argmax), post-processed as the run was."""
+def threshold_box(kept: KeptProbabilities, threshold: Optional[float], fast: bool = True) -> np.ndarray:
+    """Labels (uint8, box shape) at ``threshold`` (None: argmax), post-processed as the run was.
+
+    The labels are the library's ``labels_from_probabilities`` followed by ``postprocess_labels``
+    with the run's options. ``fast`` (default clean-up only) gives exactly the same result
+    quicker: steps 1-3 (largest component, tumours inside the liver, filled holes) act on the
+    liver region, which no threshold changes, so they are computed once (:meth:`prepare`);
+    per threshold only the tumour voxels of the kept region and step 4 (small tumours) remain.
+    """
     from LiverTumorSegLib.options import PostprocessOptions
     from LiverTumorSegLib.postprocess import postprocess_labels
     from LiverTumorSegLib.transforms.restore import labels_from_probabilities
 
     labels = labels_from_probabilities(kept.p_liver, kept.p_tumour, threshold)
+    if fast and kept.fast_path:
+        kept.prepare()
+        tumour = (labels == 2) & (kept.region == 2)
+        liver = (kept.region > 0) & ~tumour
+        if liver.any():  # else the library removes everything (a region made only of tumour)
+            out = liver.astype(np.uint8)
+            out[tumour] = 2
+            step4 = dict(kept.postprocess or {}, largest_liver_component=False, tumour_inside_liver=False,
+                         fill_holes=False)
+            return postprocess_labels(out, kept.spacing_kji, PostprocessOptions(**step4))[0]
     labels, _ = postprocess_labels(labels, kept.spacing_kji, PostprocessOptions(**kept.postprocess))
     return labels
 
