@@ -178,6 +178,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.ui.deleteModelButton.connect("clicked(bool)", self.onDeleteModel)
         self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedToggled)
+        self.ui.tumourSensitivityCheckBox.connect("toggled(bool)", self.onTumourSensitivityChanged)
+        self.ui.tumourThresholdSlider.connect("valueChanged(double)", self.onTumourSensitivityChanged)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
@@ -264,6 +266,40 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volume is not None:
             self.ui.outputSegmentationSelector.baseName = _("{name} liver segmentation").format(name=volume.GetName())
         self.ui.openSegmentEditorButton.enabled = bool(p and p.outputSegmentation)
+        self.updateSensitivityWidgets()
+
+    # ------------------------------------------------------------------ tumour sensitivity
+    def updateSensitivityWidgets(self):
+        """Show the parameter node's tumourThreshold (None: box unticked = argmax)."""
+        p = self._parameterNode
+        threshold = p.tumourThreshold if p else None
+        for w in (self.ui.tumourSensitivityCheckBox, self.ui.tumourThresholdSlider):
+            w.blockSignals(True)
+        try:
+            self.ui.tumourSensitivityCheckBox.enabled = p is not None
+            self.ui.tumourSensitivityCheckBox.checked = threshold is not None
+            self.ui.tumourThresholdSlider.enabled = threshold is not None
+            if threshold is not None:
+                self.ui.tumourThresholdSlider.value = float(threshold)
+        finally:
+            for w in (self.ui.tumourSensitivityCheckBox, self.ui.tumourThresholdSlider):
+                w.blockSignals(False)
+
+    def onTumourSensitivityChanged(self, *args):
+        """Store the threshold in the parameter node; re-threshold the last result (no network run)."""
+        p = self._parameterNode
+        if p is None or self._job is not None:
+            return
+        threshold = float(self.ui.tumourThresholdSlider.value) if self.ui.tumourSensitivityCheckBox.checked else None
+        if not self.logic.canRethreshold(p.outputSegmentation):
+            p.tumourThreshold = threshold  # used by the next run
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to update the tumour segment."), waitCursor=True):
+            report = self.logic.setTumourThreshold(threshold, parameterNode=p, show3d=True)
+            self.showQuality(report)
+            self.log(_("Tumour threshold {t}: {n} tumour(s), {ml} mL ({s:.2f} s)").format(
+                t=_("argmax") if threshold is None else f"{threshold:.2f}", n=report.get("tumour_count"),
+                ml=report.get("tumour_total_volume_ml"), s=report.get("rethreshold_s") or 0.0))
 
     # ------------------------------------------------------------------ models
     def refreshModelList(self):
