@@ -189,3 +189,12 @@ def test_fast_rethreshold_equals_the_full_library_pipeline(postprocess):
     kept = from_arrays(region, tumour, ijk, postprocess=postprocess)
     for t in (None, 0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95):
         np.testing.assert_array_equal(threshold_box(kept, t, fast=True), threshold_box(kept, t, fast=False))
+
+
+def test_batch_csv_records_the_threshold():
+    from LiverTumorSegCore.batch import SUMMARY_FIELDS, summary_row
+
+    assert "tumour_threshold" in SUMMARY_FIELDS
+    assert summary_row("a", {"options": {"tumour_threshold": 0.35}}, "ok", 1.0)["tumour_threshold"] == "0.35"
+    assert summary_row("a", {"options": {"tumour_threshold": None}}, "ok", 1.0)["tumour_threshold"] == "argmax"
+    assert summary_row("a", None, "failed", 1.0)["tumour_threshold"] == ""
