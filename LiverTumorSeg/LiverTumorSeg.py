@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import vtk
 
@@ -131,6 +131,8 @@ class LiverTumorSegParameterNode:
     tumoursInsideLiver: bool = True
     fillHoles: bool = True
     minTumourVolumeMl: Annotated[float, WithinRange(0.0, 10000.0)] = 0.1
+    # "Tumour sensitivity" slider: None = argmax (the library's default); else P(tumour) threshold
+    tumourThreshold: Optional[float] = None
 
 
 #
@@ -176,6 +178,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.ui.deleteModelButton.connect("clicked(bool)", self.onDeleteModel)
         self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedToggled)
+        self.ui.tumourSensitivityCheckBox.connect("toggled(bool)", self.onTumourSensitivityChanged)
+        self.ui.tumourThresholdSlider.connect("valueChanged(double)", self.onTumourSensitivityChanged)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
@@ -262,6 +266,40 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volume is not None:
             self.ui.outputSegmentationSelector.baseName = _("{name} liver segmentation").format(name=volume.GetName())
         self.ui.openSegmentEditorButton.enabled = bool(p and p.outputSegmentation)
+        self.updateSensitivityWidgets()
+
+    # ------------------------------------------------------------------ tumour sensitivity
+    def updateSensitivityWidgets(self):
+        """Show the parameter node's tumourThreshold (None: box unticked = argmax)."""
+        p = self._parameterNode
+        threshold = p.tumourThreshold if p else None
+        for w in (self.ui.tumourSensitivityCheckBox, self.ui.tumourThresholdSlider):
+            w.blockSignals(True)
+        try:
+            self.ui.tumourSensitivityCheckBox.enabled = p is not None
+            self.ui.tumourSensitivityCheckBox.checked = threshold is not None
+            self.ui.tumourThresholdSlider.enabled = threshold is not None
+            if threshold is not None:
+                self.ui.tumourThresholdSlider.value = float(threshold)
+        finally:
+            for w in (self.ui.tumourSensitivityCheckBox, self.ui.tumourThresholdSlider):
+                w.blockSignals(False)
+
+    def onTumourSensitivityChanged(self, *args):
+        """Store the threshold in the parameter node; re-threshold the last result (no network run)."""
+        p = self._parameterNode
+        if p is None or self._job is not None:
+            return
+        threshold = float(self.ui.tumourThresholdSlider.value) if self.ui.tumourSensitivityCheckBox.checked else None
+        if not self.logic.canRethreshold(p.outputSegmentation):
+            p.tumourThreshold = threshold  # used by the next run
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to update the tumour segment."), waitCursor=True):
+            report = self.logic.setTumourThreshold(threshold, parameterNode=p, show3d=True)
+            self.showQuality(report)
+            self.log(_("Tumour threshold {t}: {n} tumour(s), {ml} mL ({s:.2f} s)").format(
+                t=_("argmax") if threshold is None else f"{threshold:.2f}", n=report.get("tumour_count"),
+                ml=report.get("tumour_total_volume_ml"), s=report.get("rethreshold_s") or 0.0))
 
     # ------------------------------------------------------------------ models
     def refreshModelList(self):
@@ -458,6 +496,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         try:
             report = job.finish()
+            self.logic.keepProbabilities(job)
         except RunCancelled as exc:
             self.log(str(exc))
         except ModuleError as exc:
@@ -528,6 +567,9 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.commandPrefix = None  # e.g. [python, stand-in-cli.py] in tests; None = the library CLI
         self.pythonExecutableOverride = None
+        # the last run's probabilities around the liver (LiverTumorSegCore.sensitivity), in memory
+        # only: float16, 4 bytes per voxel of the liver's box (see sensitivity.py)
+        self.lastProbabilities = None
 
     def getParameterNode(self):
         return LiverTumorSegParameterNode(super().getParameterNode())
@@ -741,7 +783,38 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
                                         "slicer.util.getModuleLogic('LiverTumorSeg').installDependencies() "
                                         "or press Apply once in the module.").format(packages=", ".join(missing)))
         job = self.createJob(volumeNode, options, scene)
-        return job.run(callback=progressCallback, timeout=timeout)
+        report = job.run(callback=progressCallback, timeout=timeout)
+        self.keepProbabilities(job)
+        return report
+
+    # ------------------------------------------------------------------ tumour sensitivity
+    def keepProbabilities(self, job):
+        """After a successful run: keep its probabilities for :meth:`setTumourThreshold`."""
+        self.lastProbabilities = getattr(job, "probabilities", None)
+
+    def canRethreshold(self, segmentationNode=None):
+        kept = self.lastProbabilities
+        return kept is not None and (segmentationNode is None or kept.segmentation_node_id == segmentationNode.GetID())
+
+    def setTumourThreshold(self, threshold, segmentationNode=None, tableNode=None, parameterNode=None, show3d=False):
+        """Re-threshold the last result at ``threshold`` (None = argmax) without running the
+        network: only the "Liver tumor" segment and the report table change. Stores the value
+        in ``parameterNode`` (``tumourThreshold``) when given. Returns the new report."""
+        from LiverTumorSegCore.errors import RunError
+        from LiverTumorSegCore.sensitivity import apply_tumour_threshold
+
+        if parameterNode is not None:
+            parameterNode.tumourThreshold = threshold
+            segmentationNode = segmentationNode or parameterNode.outputSegmentation
+            tableNode = tableNode or parameterNode.reportTable
+        kept = self.lastProbabilities
+        if kept is None:
+            raise RunError(_("No probabilities kept from a run in this session: run the segmentation first."))
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.GetNodeByID(kept.segmentation_node_id)
+        if not self.canRethreshold(segmentationNode):
+            raise RunError(_("The kept probabilities belong to another segmentation: run the segmentation again."))
+        return apply_tumour_threshold(segmentationNode, kept, threshold, table_node=tableNode, show3d=show3d)
 
 
 #

@@ -35,7 +35,8 @@ from .postprocess import postprocess_labels
 from .progress import ProgressEvent, ProgressReporter
 # The way back to the input grid lives in transforms.restore; argmax_labels/restore_labels are
 # re-exported here for callers that import them from inference (training's validation).
-from .transforms.restore import argmax_labels, resample_probabilities, restore_labels  # noqa: F401
+from .transforms.restore import (argmax_labels, labels_from_probabilities, resample_probabilities,  # noqa: F401
+                                 restore_labels)
 from .utils.regions import bounding_box
 
 # Share of the whole run per phase (the command line adds read/write around segment()).
@@ -49,6 +50,9 @@ class SegmentationResult:
     report: dict
     timings: dict = field(default_factory=dict)
     probabilities: Optional[np.ndarray] = None  # (3, z, y, x) float32 on the input grid, if asked
+    # (P(liver parenchyma), P(tumour)) float16 (z, y, x) on the input grid, as used for the labels
+    # (cropped restore: exact above 0.3, 0 elsewhere); written by ``segment --probabilities``
+    input_probabilities: Optional[tuple] = None
 
 
 def as_reporter(progress: Union[None, ProgressReporter, Callable[[ProgressEvent], Any]]) -> ProgressReporter:
@@ -265,13 +269,13 @@ def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, 
     probabilities = None
     if opts.return_probabilities:
         back = resample_probabilities(np.stack([p1, p2]), prepared.network, prepared.source)
-        labels = argmax_labels(back[0], back[1])
+        labels = labels_from_probabilities(back[0], back[1], opts.tumour_threshold)
         probabilities = np.stack([np.clip(1.0 - back[0] - back[1], 0.0, 1.0), back[0], back[1]]).astype(np.float32)
         input_probs = (probabilities[1], probabilities[2])  # for the report (confidence, quality)
         del back
     else:
         labels, input_probs = restore_labels(p1, p2, prepared.network, prepared.source, crop=True,
-                                             keep_probabilities=True)
+                                             keep_probabilities=True, tumour_threshold=opts.tumour_threshold)
     del p1, p2
     timings["restore"] = time.perf_counter() - t
     reporter.report("restore", 1.0)
@@ -296,9 +300,9 @@ def _segment(image, loaded, opts, reporter, device, input_path, timings, notes, 
         extra={"compute": compute, "options": opts.to_dict()},
         probabilities=input_probs,  # (P(liver), P(tumour)) on the input grid
     )
-    del input_probs
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     reporter.report("postprocess", 1.0, "done")
-    return SegmentationResult(labelmap=labelmap, report=report, timings=timings, probabilities=probabilities)
+    return SegmentationResult(labelmap=labelmap, report=report, timings=timings, probabilities=probabilities,
+                              input_probabilities=input_probs)

@@ -26,6 +26,19 @@ DEFAULT_WINDOW = (48, 256, 256)
 __all__ = ["DEFAULT_WINDOW", "PostprocessOptions", "SegmentOptions"]
 
 
+def open_unit_interval(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (the tumour threshold)."""
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return v
+
+
 def _finite_non_negative(value: float, what: str) -> None:
     try:
         ok = float(value) >= 0 and math.isfinite(float(value))
@@ -97,6 +110,14 @@ class SegmentOptions:
     crop_to_body: bool = field(default=True, metadata={
         "cli": "--no-body-crop",
         "help": "run the network on the whole field of view, not only on the body's bounding box"})
+    # None: argmax labels; T: tumour where P(tumour) >= T inside the argmax liver region
+    # (LiverTumorSegLib.transforms.restore.labels_from_probabilities)
+    tumour_threshold: Optional[float] = field(default=None, metadata={
+        "cli": "--tumour-threshold", "type": open_unit_interval, "metavar": "T",
+        "help": "tumour sensitivity: inside the liver region found by the network, label tumour wherever "
+                "P(tumour) >= T (0 < T < 1; lower T finds more tumour, higher T fewer; a higher T never "
+                "gives more tumour voxels). Default: none, i.e. the plain argmax of the network's "
+                "probabilities, which reproduces the labels of earlier versions exactly"})
     postprocess: PostprocessOptions = field(default_factory=PostprocessOptions)
     return_probabilities: bool = False
 
@@ -114,6 +135,14 @@ class SegmentOptions:
             raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}")
         if int(self.sw_batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.sw_batch_size}")
+        if self.tumour_threshold is not None:
+            try:
+                t = float(self.tumour_threshold)
+            except (TypeError, ValueError):
+                raise ConfigError(f"tumour threshold must be a number in (0, 1), got {self.tumour_threshold!r}") from None
+            if not 0.0 < t < 1.0:
+                raise ConfigError(f"tumour threshold must be between 0 and 1 (exclusive), got {self.tumour_threshold}")
+            self.tumour_threshold = t
         if self.mode not in ("gaussian", "constant"):
             raise ConfigError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
 

@@ -228,6 +228,12 @@ li = sitk.GetImageFromArray(lab)
 li.CopyInformation(img)
 emit({"event": "progress", "phase": "inference", "fraction": 0.8, "message": "window 9/9", "eta_s": 0.5})
 sitk.WriteImage(li, out)
+if "--probabilities" in args:  # as the real CLI: [P(liver region), P(tumour)], float32, input grid
+    pr = np.where(lab >= 1, 0.9, 0.05).astype(np.float32)
+    pt = np.where(lab == 2, np.clip(a / 150.0, 0.5, 0.9), np.where(lab == 1, 0.1, 0.0)).astype(np.float32)
+    pi = sitk.GetImageFromArray(np.stack([pr, pt], axis=-1), isVector=True)
+    pi.CopyInformation(img)
+    sitk.WriteImage(pi, args[args.index("--probabilities") + 1], True)
 vox = float(np.prod(img.GetSpacing())) / 1000.0
 report = {"liver_volume_ml": float((lab >= 1).sum()) * vox, "tumour_count": 1,
           "tumour_total_volume_ml": float((lab == 2).sum()) * vox,

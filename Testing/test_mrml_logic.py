@@ -44,7 +44,7 @@ def _job(volume, tmp_path, mode="ok", **kw):
     return SegmentationJob(volume, command_prefix=write_fake_cli(tmp_path), env=env, work_dir=str(tmp_path), **kw)
 
 
-def _check_segmentation(mrml, seg_node, volume, labels, study=None):
+def _check_segmentation(mrml, seg_node, volume, labels, study=None, liver_includes_tumours=False):
     from LiverTumorSegCore import mrml as core
     from LiverTumorSegLib.terminology import LIVER, LIVER_TUMOR, parse_terminology_string
 
@@ -69,9 +69,11 @@ def _check_segmentation(mrml, seg_node, volume, labels, study=None):
     exported = core.export_labels(seg_node, volume, ["liver", "liver_tumor"])
     assert exported.shape == labels.shape
     np.testing.assert_array_equal(exported, labels)
-    # the segments do not overlap (liver = parenchyma, label 1), as the library's .seg.nrrd writer
+    # plain import: the segments do not overlap (liver = parenchyma, label 1), as the library's
+    # .seg.nrrd writer; a module run: Liver = the whole liver region, the tumour overlaps it (so
+    # that the tumour-sensitivity slider leaves the Liver segment alone)
     liver_only = core.export_labels(seg_node, volume, ["liver"])
-    np.testing.assert_array_equal(liver_only > 0, labels == 1)
+    np.testing.assert_array_equal(liver_only > 0, (labels >= 1) if liver_includes_tumours else (labels == 1))
     tumour_only = core.export_labels(seg_node, volume, ["liver_tumor"])
     np.testing.assert_array_equal(tumour_only > 0, labels == 2)
     if study is not None:
@@ -86,6 +88,8 @@ def test_import_labels_oblique_flipped(case):
 
     seg = core.import_labels_into_segmentation(volume, labels, show3d=True)
     _check_segmentation(mrml, seg, volume, labels, study)
+    seg2 = core.import_labels_into_segmentation(volume, labels, show3d=True, liver_includes_tumours=True)
+    _check_segmentation(mrml, seg2, volume, labels, study, liver_includes_tumours=True)
     assert seg.GetSegmentation().GetNumberOfLayers() == 1  # one shared layer, like the library's writer
     # shown in 3D: closed surface made, display node visible in 3D
     closed = mrml.slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
@@ -275,7 +279,7 @@ def test_run_out_of_process_with_stand_in_cli(case, tmp_path):
     assert args[args.index("--min-tumour-ml") + 1] == "0.5" and "--progress" in args
     seg = mrml.scene.GetNodeByID(report["slicer"]["segmentation_node_id"])
     table = mrml.scene.GetNodeByID(report["slicer"]["table_node_id"])
-    _check_segmentation(mrml, seg, volume, labels, study)
+    _check_segmentation(mrml, seg, volume, labels, study, liver_includes_tumours=True)
     assert table.GetTable().GetNumberOfRows() == 3
     new = {mrml.scene.GetNthNode(i).GetClassName() for i in range(mrml.scene.GetNumberOfNodes())
            if mrml.scene.GetNthNode(i).GetID() not in before}
@@ -401,7 +405,7 @@ def test_module_logic_segment_headless(case, tmp_path, monkeypatch):
     logic.commandPrefix = write_fake_cli(tmp_path)
     report = logic.segment(volume, device="cpu", fast=True)
     seg = mrml.scene.GetNodeByID(report["slicer"]["segmentation_node_id"])
-    _check_segmentation(mrml, seg, volume, labels, study)
+    _check_segmentation(mrml, seg, volume, labels, study, liver_includes_tumours=True)
     with pytest.raises(module.SegmentationExistsError):
         logic.segment(volume, segmentation_node=seg)
     logic.segment(volume, segmentation_node=seg, replace_existing=True)

@@ -667,3 +667,23 @@ def test_help_and_acknowledgement_are_true():
     assert (MODULE_DIR / "README.md").is_file()
     card = (REPO / "LiverTumorSegLib" / "resources" / "models" / "MODEL_CARD.md").read_text()
     assert "synthetic" in card.lower()
+
+
+def test_tumour_sensitivity_slider_is_in_the_panel_and_wired():
+    """Results panel: a "Tumour sensitivity" check box (off = argmax) and a 0.05-0.95 slider; the
+    widget connects both to the handler that stores tumourThreshold and re-thresholds through
+    the logic (LiverTumorSegCore.sensitivity), never running the network."""
+    widgets = _ui_widgets()
+    assert widgets.get("tumourThresholdSlider") == "ctkSliderWidget"
+    assert widgets.get("tumourSensitivityCheckBox") == "QCheckBox"
+    slider = [w for w in _ui_tree().iter("widget") if w.get("name") == "tumourThresholdSlider"][0]
+    props = {p.get("name"): (p.findtext("double") or p.findtext("number") or p.findtext("bool"))
+             for p in slider.findall("property")}
+    assert (float(props["minimum"]), float(props["maximum"])) == (0.05, 0.95)
+    assert props["tracking"] == "false"  # re-threshold when the slider is released
+    results = [w for w in _ui_tree().iter("widget") if w.get("name") == "resultsCollapsibleButton"][0]
+    assert any(w.get("name") == "tumourThresholdSlider" for w in results.iter("widget"))
+    source = MODULE_FILE.read_text()
+    assert 'tumourThresholdSlider.connect("valueChanged(double)", self.onTumourSensitivityChanged)' in source
+    assert 'tumourSensitivityCheckBox.connect("toggled(bool)", self.onTumourSensitivityChanged)' in source
+    assert "self.logic.setTumourThreshold(" in source and "self.logic.keepProbabilities(job)" in source

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", metavar="W.safetensors",
                    help="start from these weights (checked by sha256; same architecture as the config's model) "
                         "instead of a random initialisation; ignored with --resume")
+    p.add_argument("--training-data-kind", choices=("synthetic", "real", "mixed"),
+                   help='recorded in the weights sidecar as "training_data": {"kind": ...}; "synthetic" makes '
+                        "every segmentation with these weights carry the synthetic_training quality flag")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set any config field (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
@@ -66,6 +69,7 @@ def config_from_args(args):
         ("model", "model"), ("epochs", "epochs"), ("seed", "seed"), ("lr", "lr"), ("weight_decay", "weight_decay"),
         ("patch_size", "patch_size"), ("alpha", "alpha"), ("beta", "beta"), ("val_every", "val_every"),
         ("num_workers", "num_workers"), ("device", "device"), ("amp", "amp"), ("max_iters_per_epoch", "max_iters_per_epoch"),
+        ("training_data_kind", "training_data_kind"),
     ]:
         v = getattr(args, name)
         if v is not None:

@@ -20,10 +20,17 @@ SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 SUMMARY_FIELDS = ("case", "status", "liver_volume_ml", "liver_parenchyma_volume_ml", "tumour_count",
                   "tumour_total_volume_ml", "tumour_burden_percent", "largest_tumour_volume_ml",
-                  "largest_tumour_max_diameter_mm", "model", "device", "seconds", "segmentation", "error",
+                  "largest_tumour_max_diameter_mm", "model", "device", "tumour_threshold", "seconds", "segmentation", "error",
                   "quality_warnings", "quality")
 TUMOUR_FIELDS = ("case", "tumour_id", "volume_ml", "max_diameter_mm", "centroid_r_mm", "centroid_a_mm",
                  "centroid_s_mm", "confidence", "max_probability")
+
+
+def _threshold_cell(report: Optional[dict]) -> str:
+    options = (report or {}).get("options")
+    if not isinstance(options, dict) or "tumour_threshold" not in options:
+        return ""
+    return "argmax" if options["tumour_threshold"] is None else str(options["tumour_threshold"])
 
 
 def quality_cell(report: Optional[dict]) -> str:
@@ -96,6 +103,8 @@ def summary_row(case: str, report: Optional[dict], status: str, seconds: float, 
         "largest_tumour_max_diameter_mm": largest.get("max_diameter_mm", ""),
         "model": (model.get("name") or "") if isinstance(model, dict) else str(model),
         "device": report.get("device") or "",
+        # the tumour sensitivity used (report["options"]); "argmax" = the default rule
+        "tumour_threshold": _threshold_cell(report),
         "seconds": round(seconds, 1),
         "segmentation": segmentation,
         "error": error,

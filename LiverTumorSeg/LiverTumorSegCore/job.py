@@ -44,6 +44,7 @@ PARAMETER_NODE_OPTIONS = {
     "tumoursInsideLiver": "tumour_inside_liver",
     "fillHoles": "fill_holes",
     "minTumourVolumeMl": "min_tumour_volume_ml",
+    "tumourThreshold": "tumour_threshold",  # the "Tumour sensitivity" slider (None: argmax)
 }
 
 #: Library options the module deliberately does not expose (the child uses their defaults).
@@ -58,7 +59,7 @@ HIDDEN_OPTIONS = {
     "channels_last": "a speed experiment, not a user choice",
     "crop_to_body": "always on: the air around the patient is background",
     "max_hole_area_mm2": "a tuned constant of fill-holes, not a user choice",
-    "return_probabilities": "the child writes labels only",
+    "return_probabilities": "the in-memory 3-channel array; the child writes --probabilities for the slider instead",
 }
 
 
@@ -167,6 +168,9 @@ class SegmentationJob:
         self.written_matrix = None
         self.runner: Optional[ProcessRunner] = None
         self.report: Optional[dict] = None
+        # the run's probabilities around the liver, for the tumour-sensitivity slider
+        # (LiverTumorSegCore.sensitivity.KeptProbabilities; None when the child wrote none)
+        self.probabilities = None
         self.events: List[dict] = []
         self.log: List[str] = []
         self.prepared = False
@@ -183,6 +187,12 @@ class SegmentationJob:
     @property
     def report_path(self) -> Path:
         return self.work_dir / "report.json"
+
+    @property
+    def probabilities_path(self) -> Path:
+        from .sensitivity import PROBABILITIES_FILE
+
+        return self.work_dir / PROBABILITIES_FILE
 
     # ------------------------------------------------------------------ steps
     def check(self) -> None:
@@ -214,7 +224,8 @@ class SegmentationJob:
         prefix = self.command_prefix or [self.python_executable or default_python_executable(),
                                          "-m", "LiverTumorSegLib"]
         return prefix + ["segment", str(self.input_path), "-o", str(self.output_path),
-                         "--report", str(self.report_path), "--progress", "jsonl", "--overwrite"] \
+                         "--report", str(self.report_path), "--progress", "jsonl", "--overwrite",
+                         "--probabilities", str(self.probabilities_path)] \
             + self.options.cli_args()
 
     def child_environment(self) -> dict:
@@ -271,11 +282,17 @@ class SegmentationJob:
                 raise RunError("The output segmentation was removed from the scene during the run.")
             labels, matrix = mrml.read_labelmap(str(self.output_path))
             labels = mrml.labels_on_input_grid(labels, matrix, self.volume_node, self.crop, self.written_matrix)
+            kept = None
+            if self.probabilities_path.is_file():  # before touching the scene: may raise RunError
+                from .sensitivity import load_probabilities
+
+                kept = load_probabilities(self.probabilities_path, self.volume_node, self.crop, self.written_matrix,
+                                          self.options.segment.postprocess.to_dict())
             scene = self.volume_node.GetScene()
             created_segmentation = self.segmentation_node is None
             segmentation_node = mrml.import_labels_into_segmentation(
                 self.volume_node, labels, self.segmentation_node, replace_existing=self.replace_existing,
-                name=self.segmentation_name, show3d=self.show3d)
+                name=self.segmentation_name, show3d=self.show3d, liver_includes_tumours=True)
             table_node = self.table_node
             if self.create_table or table_node is not None:
                 try:
@@ -288,6 +305,9 @@ class SegmentationJob:
                     raise
             self.segmentation_node = segmentation_node
             self.table_node = table_node
+            if kept is not None:
+                kept.segmentation_node_id = segmentation_node.GetID()
+            self.probabilities = kept
             report = dict(report)
             report["slicer"] = {
                 "segmentation_node_id": segmentation_node.GetID(),

@@ -339,8 +339,15 @@ def segment_terminology(segment) -> Optional[str]:
 def import_labels_into_segmentation(volume_node, labels: np.ndarray, segmentation_node=None,
                                     replace_existing: bool = False, name: Optional[str] = None,
                                     show3d: bool = True,
-                                    definitions: Sequence[SegmentInfo] = SEGMENTS):
+                                    definitions: Sequence[SegmentInfo] = SEGMENTS,
+                                    liver_includes_tumours: bool = False):
     """Put the label map (on ``volume_node``'s grid, (k, j, i)) into a segmentation node.
+
+    ``liver_includes_tumours`` False: one shared layer, Liver = label 1 (parenchyma), as the
+    library's .seg.nrrd writer. True (the module's runs): Liver = the whole liver region
+    (labels >= 1, the report's liver volume) and Liver tumor = label 2 on its own layer,
+    overlapping it, so that the tumour-sensitivity slider can change the tumour segment without
+    touching the Liver segment (exporting in the order liver, tumour gives the labels back).
 
     Creates the node (added to the volume's scene) when ``segmentation_node`` is None; otherwise
     replaces its segments, which requires ``replace_existing``. On any failure the scene is
@@ -351,7 +358,12 @@ def import_labels_into_segmentation(volume_node, labels: np.ndarray, segmentatio
     scene = volume_node.GetScene()
     if scene is None:
         raise InputVolumeError(f"Volume '{volume_node.GetName()}' is not in a scene.")
-    imported = _import_labelmap(labels, ijk_to_ras(volume_node))  # before touching the scene
+    if liver_includes_tumours:
+        imported = _import_labelmap((labels >= 1).astype(np.uint8), ijk_to_ras(volume_node))
+        imported.update({2: v for k, v in _import_labelmap(np.where(labels == 2, 2, 0).astype(np.uint8),
+                                                           ijk_to_ras(volume_node)).items() if k == 2})
+    else:
+        imported = _import_labelmap(labels, ijk_to_ras(volume_node))  # before touching the scene
     rep = _binary_labelmap_name()
 
     created = segmentation_node is None

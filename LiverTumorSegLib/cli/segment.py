@@ -41,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="WEIGHTS",
                    help="weights .safetensors (with its .json sidecar); default: the bundled model")
     p.add_argument("--report", default=None, metavar="REPORT.json", help="also write the JSON report here")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output/report files")
+    p.add_argument("--probabilities", default=None, metavar="PROBS",
+                   help="also write the network's probabilities on the input grid (.nii.gz, .nii, .nrrd or .mha): "
+                        "a float32 image with 2 components per voxel, [P(liver region), P(tumour)], where "
+                        "P(liver region) = P(liver) + P(tumour); exact above 0.3, 0 where the liver region is "
+                        "below 0.3; thresholding them as --tumour-threshold describes reproduces the labels")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output/report/probabilities files")
     p.add_argument("--series-uid", default=None, metavar="UID", help="DICOM series to read when a folder holds several")
     p.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"],
                    help="progress on stderr as a bar (default), JSON lines on stdout, or none")
@@ -92,6 +97,52 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
+#: The components of the ``--probabilities`` image, in order (also in its header for .nrrd/.mha).
+PROBABILITY_COMPONENTS = ("P(liver region)", "P(tumour)")
+PROBABILITY_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def _check_probabilities_path(args, input_path: Path, output: Path, report_path: Optional[Path]) -> Optional[Path]:
+    """The ``--probabilities`` path, checked before any heavy work (None when not asked)."""
+    from ..utils.files import full_extension
+
+    if not getattr(args, "probabilities", None):
+        return None
+    path = Path(args.probabilities).expanduser()
+    if full_extension(path).lower() not in PROBABILITY_EXTENSIONS:
+        raise OutputError(f"unsupported probabilities format {path.name!r}: use " + ", ".join(PROBABILITY_EXTENSIONS))
+    others = [input_path, output] + ([report_path] if report_path is not None else [])
+    if any(path.resolve() == o.resolve() for o in others):
+        raise OutputError("the probabilities file must differ from the input, output and report")
+    check_output_path(path, args.overwrite, create_folder=False, what="probabilities file", hint=_HINT)
+    return path
+
+
+def write_probabilities(path: Path, result, overwrite: bool = False) -> Path:
+    """Write [P(liver region), P(tumour)] (float32, 2 components) on the label map's grid, atomically."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ..utils.files import atomic_write
+
+    if result.input_probabilities is None:
+        raise OutputError("no probabilities to write (the segmentation did not keep them)")
+    p_liver, p_tumour = result.input_probabilities
+    stacked = np.empty(tuple(np.shape(p_tumour)) + (2,), dtype=np.float32)
+    np.add(p_liver, p_tumour, out=stacked[..., 0], dtype=np.float32)
+    stacked[..., 1] = p_tumour
+    np.clip(stacked, 0.0, 1.0, out=stacked)
+    image = sitk.GetImageFromArray(stacked, isVector=True)
+    del stacked
+    image.CopyInformation(result.labelmap)
+    image.SetMetaData("LiverTumorSeg.components", ";".join(PROBABILITY_COMPONENTS))
+    image.SetMetaData("descrip", "components: " + ", ".join(PROBABILITY_COMPONENTS))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     jsonl = args.progress == "jsonl"
     try:
@@ -128,6 +179,7 @@ def _run(args: argparse.Namespace, jsonl: bool) -> int:
         if report_path.resolve() == output.resolve():
             raise OutputError("report and output are the same file")
         check_output_path(report_path, args.overwrite, create_folder=False, what="report", hint=_HINT)
+    probabilities_path: Optional[Path] = _check_probabilities_path(args, input_path, output, report_path)
     options = options_from_args(args)
 
     bar = None
@@ -161,6 +213,10 @@ def _run(args: argparse.Namespace, jsonl: bool) -> int:
         write_labelmap(result.labelmap, output, overwrite=args.overwrite)
         report = result.report
         report["output"] = str(output)
+        if probabilities_path is not None:
+            write_probabilities(probabilities_path, result, overwrite=args.overwrite)
+            report["probabilities"] = {"path": str(probabilities_path), "components": list(PROBABILITY_COMPONENTS),
+                                       "dtype": "float32"}
         report["input"] = {k: v for k, v in input_info.items() if k != "geometry"}
         from .dicom_outputs import write_dicom_outputs  # DICOM SEG/SR when asked
 

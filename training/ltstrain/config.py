@@ -30,6 +30,9 @@ from LiverTumorSegLib.utils.config import dataclass_from_dict, dataclass_to_dict
 
 LR_SCHEDULES = ("cosine", "constant", "poly")
 AMP_MODES = ("auto", "on", "off")
+#: What the training cases are, written into every weights sidecar as ``"training_data":
+#: {"kind": ...}`` (the ``synthetic_training`` quality flag reads it; None writes nothing).
+TRAINING_DATA_KINDS = ("synthetic", "real", "mixed")
 SLAB_SAMPLING = ("liver", "any")
 
 
@@ -90,6 +93,7 @@ class TrainConfig:
     save_every: int = 1  # write last.* every N epochs (and at the end)
     progress: bool = True
     notes: str = ""
+    training_data_kind: Optional[str] = None  # TRAINING_DATA_KINDS; None: not recorded
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +123,9 @@ class TrainConfig:
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("amp", AMP_MODES), ("slab_sampling", SLAB_SAMPLING)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.training_data_kind is not None and self.training_data_kind not in TRAINING_DATA_KINDS:
+            raise ConfigError(f"training_data_kind must be one of {', '.join(TRAINING_DATA_KINDS)} (or null), "
+                              f"got {self.training_data_kind!r}")
         return self
 
     @classmethod

@@ -311,6 +311,8 @@ def prepare_loop(run: Run) -> None:
         "versions": versions(),
         "source_commit": source_commit(),
     }
+    if cfg.training_data_kind:  # read by the synthetic_training quality flag
+        run.base_meta["training_data"] = {"kind": cfg.training_data_kind}
     n_params = sum(p.numel() for p in run.model.parameters())
     run.say(
         f"training {cfg.model} ({n_params / 1e6:.3f} M parameters) on {run.device} x{info.world_size}, "
