@@ -178,17 +178,14 @@ def test_cli_workers_2_jsonl_and_same_table_as_inline(tmp_path, model, capsys):
                "--progress", "none", "--threads", "1"])
     assert rc == 1
     capsys.readouterr()
-    t = time.perf_counter()
     rc = main(["batch", str(root), "-o", str(tmp_path / "par"), "--model", str(model), "--device", "cpu",
                "--workers", "2", "--progress", "jsonl"])
-    wall = time.perf_counter() - t
     assert rc == 1
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[0] == {"event": "start", "total": 3, "skipped": 0}
     assert sorted(e["case_id"] for e in events if e["event"] == "case") == ["bad", "ct0", "ct1"]
     assert events[-1]["event"] == "done" and events[-1]["failed"] == 1 and events[-1]["processed"] == 3
     assert table(tmp_path / "par" / "summary.csv") == table(tmp_path / "inline" / "summary.csv")
-    assert wall < 60
 
 
 def test_ray_missing_is_one_line_error(tmp_path, model, monkeypatch, capsys):
@@ -205,7 +202,6 @@ def test_ray_local_cluster_same_table_as_local(tmp_path, model):
     ray = pytest.importorskip("ray")
     root = make_cases(tmp_path / "in", dicom=False)  # 3 cases, one bad file
     local = run_batch(discover_cases(root), tmp_path / "local", settings(model))
-    t = time.perf_counter()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # workers inherit the environment (PYTHONPATH of a source checkout, or the installed package)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -213,13 +209,11 @@ def test_ray_local_cluster_same_table_as_local(tmp_path, model):
         res = run_batch(discover_cases(root), tmp_path / "ray", settings(model, ray="auto"))
     finally:
         ray.shutdown()
-    wall = time.perf_counter() - t
     assert not ray.is_initialized()
     assert res.exit_code == 1 and res.failed == 1
     assert table(tmp_path / "ray" / "summary.csv") == table(tmp_path / "local" / "summary.csv")
     assert [r["status"] for r in res.rows] == [r["status"] for r in local.rows] == ["failed", "done", "done"]
     assert (tmp_path / "ray" / "ct0" / "ct0.nii.gz").is_file()
-    assert wall < 60
 
 
 def test_parquet_summary_when_pyarrow_is_installed(tmp_path, model):
