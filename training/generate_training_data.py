@@ -1,10 +1,10 @@
 """Write a synthetic training set as plain image/label pairs (CASE/ct.nii.gz, CASE/label.nii.gz).
 
 Two sources, mixed:
-- template cases (``LiverTumorSegLib.synthetic_templates``): the real anatomy of a template
+- template cases (``LiverTumorSegLib.synthetic.templates``): the real anatomy of a template
   scan's multi-label map, deformed at random, with per-tissue HU for a random contrast phase,
   inserted tumours and a simulated scanner (the source that carries over to real CT);
-- procedural cases (``LiverTumorSegLib.synthetic``): shape-based anatomy with varied liver
+- procedural cases (``LiverTumorSegLib.synthetic.procedural``): shape-based anatomy with varied liver
   shapes, sizes, orientations, noise and blur (variety of liver shapes and tumours).
 
 The output folder is a plain-pairs data set: ``training/prepare.py OUT --out CACHE`` caches it.
@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 
 def _template_case(args: tuple[str, int, str]) -> dict:
-    from LiverTumorSegLib.synthetic_templates import Template, make_template_case
+    from LiverTumorSegLib.synthetic.templates import Template, make_template_case
 
     template_dir, seed, out = args
     template = _TEMPLATES.setdefault(template_dir, Template.load(
