@@ -15,7 +15,7 @@ resumed (cases whose info JSON exists are skipped) or extended with a larger --n
 Layouts (--layout), all found by ``LiverTumorSegLib.datasets.discover_cases``:
 - plain: ``CASE/ct.nii.gz``, ``CASE/label.nii.gz``, ``CASE/info.json``;
 - lits: ``volume-N.nii``, ``segmentation-N.nii``, ``info-N.json`` in one folder;
-- msd: ``imagesTr/synth_NNNN.nii.gz``, ``labelsTr/synth_NNNN.nii.gz``, ``info/synth_NNNN.json``
+- msd: ``imagesTr/synth_NNN.nii.gz``, ``labelsTr/synth_NNN.nii.gz``, ``info/synth_NNN.json``
   and ``dataset.json``.
 
 Example (v2 data, whole-field-of-view cases plus a few of the old kinds):
@@ -48,7 +48,9 @@ def case_paths(out: Path, layout: str, index: int, name: str) -> tuple[Path, Pat
     if layout == "lits":
         return out / f"volume-{index}.nii", out / f"segmentation-{index}.nii", out / f"info-{index}.json"
     if layout == "msd":
-        stem = f"synth_{index:04d}"
+        # Decathlon naming (Task03_Liver: liver_N). Not zero-padded to 4 digits: discover_cases (like
+        # nnU-Net) reads an image name ending in _0000 as a channel suffix, so synth_0000 would be "synth".
+        stem = f"synth_{index:03d}"
         return out / "imagesTr" / f"{stem}.nii.gz", out / "labelsTr" / f"{stem}.nii.gz", out / "info" / f"{stem}.json"
     raise ValueError(f"unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
 
@@ -88,7 +90,7 @@ def _job(job: dict) -> dict:
         regime_probs = {"solitary": 0.3, "few": 0.3, "multiple": 0.4}
         case = make_wholefov_case(seed, template=job["wholefov_template"], fov=fov, regime=regime,
                                   fov_probs=fov_probs, regime_probs=regime_probs,
-                                  max_output_voxels=job["max_output_voxels"])
+                                  max_output_voxels=job["max_output_voxels"], max_matrix=job["max_matrix"])
         image, label, info = case.image, case.label, dict(case.info)
     elif kind == "template":
         from LiverTumorSegLib.synthetic.templates import Template, make_template_case
@@ -98,7 +100,7 @@ def _job(job: dict) -> dict:
         if template is None:
             template = _TEMPLATES[str(folder)] = Template.load(folder / "ct.nii.gz", folder / "totalseg_multilabel.nii.gz")
         n_tum = (0, 0) if rng.uniform() < job["tumour_free_fraction"] else (1, 5)
-        case = make_template_case(template, seed, n_tumours=n_tum)
+        case = make_template_case(template, seed, n_tumours=n_tum, max_inplane_voxels=min(320, job["max_matrix"]))
         image, label = case.image, case.label
         info = {"source": "template", **case.info, "fov": "abdomen"}
         info["tumours"] = _tumour_records(label)
@@ -108,7 +110,7 @@ def _job(job: dict) -> dict:
         inplane = float(rng.uniform(0.6, 1.0))
         thickness = float(rng.choice([1.0, 1.5, 2.0, 2.5, 3.0, 5.0]))
         fov_mm = float(rng.uniform(320, 420))
-        nxy = int(min(512, round(fov_mm / inplane)))
+        nxy = int(min(job["max_matrix"], round(fov_mm / inplane)))
         inplane = fov_mm / nxy
         z_mm = float(rng.uniform(120, 220))
         while nxy * nxy * z_mm / thickness > job["max_output_voxels"] and thickness < 5.0:
@@ -182,7 +184,7 @@ def build_jobs(args: argparse.Namespace) -> list[dict]:
                          "paths": [str(p) for p in case_paths(args.out, args.layout, index, name)],
                          "template": str(templates[i % len(templates)]), "wholefov_template": args.wholefov_template,
                          "no_liver_fraction": args.no_liver_fraction, "tumour_free_fraction": args.tumour_free_fraction,
-                         "max_output_voxels": args.max_output_voxels})
+                         "max_output_voxels": args.max_output_voxels, "max_matrix": args.max_matrix})
             index += 1
     return jobs
 
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="fraction of liver-containing cases without tumours (default 0.2)")
     p.add_argument("--max-output-voxels", type=int, default=32_000_000,
                    help="per-case voxel cap: thicker slices are chosen above it (default 32e6, ~64 MB int16)")
+    p.add_argument("--max-matrix", type=int, default=512,
+                   help="in-plane matrix cap; the in-plane spacing grows above it (default 512; small values make quick smoke sets)")
     p.add_argument("--layout", choices=LAYOUTS, default="plain",
                    help="plain: CASE/ct.nii.gz + CASE/label.nii.gz; lits: volume-N.nii + segmentation-N.nii; "
                         "msd: imagesTr/ + labelsTr/ (default: plain)")
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("no_liver_fraction", "tumour_free_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if args.max_matrix < 32:
+        p.error("--max-matrix must be >= 32")
     if args.workers < 1:
         p.error("--workers must be >= 1")
     if args.n_wholefov + args.n_template + args.n_procedural <= 0:

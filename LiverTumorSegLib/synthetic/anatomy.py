@@ -181,7 +181,8 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
     cav3 = np.broadcast_to(cavity2d, lab.shape)
     lab[cav3] = LUNG_ID
     ct[cav3] = -850.0
-    dia3 = cav3 & (h3 >= hmap[None]) & (h3 < hmap[None] + dia)
+    lung_top = np.isin(top_lab, (10, 11, 12, 13, 14)) & (hmap < 1.0)  # lung bases continue upwards
+    dia3 = cav3 & (h3 >= hmap[None]) & (h3 < hmap[None] + dia) & ~lung_top[None]
     lab[dia3] = DIAPHRAGM
     ct[dia3] = 45.0
     below_dome = cav3 & (h3 < hmap[None])
@@ -219,20 +220,21 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
     y_ant = y_front + wall
     hx = x_sp + rng.uniform(15, 40)
     hy = y_ant + rng.uniform(0.38, 0.5) * (y_sp_front - y_ant)
-    a, b, c = rng.uniform(58, 72), rng.uniform(42, 52), rng.uniform(42, 52)
+    a, b, c = rng.uniform(62, 80), rng.uniform(46, 58), rng.uniform(44, 55)
     e1 = _unit([rng.uniform(0.5, 0.75), -rng.uniform(0.4, 0.65), -rng.uniform(0.3, 0.55)])  # base -> apex
     e2 = _unit(np.array([-1.0, -1.0, 0.0]) - (np.array([-1.0, -1.0, 0.0]) @ e1) * e1)  # anterior-right
     e3 = np.cross(e1, e2)
     R = np.stack([e1, e2, e3])
     semi = np.array([a, b, c])
     ext_z = float(np.sqrt(((R.T * semi[None, :]) ** 2).sum(axis=1))[2])
-    ji = np.clip(np.round(cv.index([hx, hy, z_top])[[1, 0]]).astype(int), 0, np.array(hmap.shape) - 1)
-    floor = z_top + float(hmap[ji[0], ji[1]]) + dia
-    hc = np.array([hx, hy, floor + ext_z * rng.uniform(0.88, 0.98)])
+    # the heart rests on the diaphragm: its floor is the dome's height under its footprint
+    foot = ((x2 - hx) ** 2 + (y2 - hy) ** 2) < (0.8 * b) ** 2
+    floor = z_top + float(np.percentile(hmap[foot], 35) if foot.any() else 0.0) + dia
+    hc = np.array([hx, hy, floor + ext_z * rng.uniform(0.75, 0.9)])
     out["heart_centre"] = hc.tolist()
     out["z_heart_top"] = float(hc[2] + ext_z)
-    above = lambda x, y, z: z > np.float32(floor - 2.0)  # noqa: E731
-    soft = (LUNG_ID, 0, DIAPHRAGM, MEDIASTINAL_FAT)
+    above = None  # the heart only replaces lung and fat: it rests on the diaphragm and the organ domes
+    soft = (LUNG_ID, 0, MEDIASTINAL_FAT)
     # mediastinal / epicardial fat envelope, then the heart wall and the blood pools
     paint_ellipsoid(cv, hc, semi + rng.uniform(3, 8), R, MEDIASTINAL_FAT, where=soft, ct_value=-90.0, extra=above)
     paint_ellipsoid(cv, hc, semi, R, MYOCARDIUM, where=soft, ct_value=45.0, extra=above)
@@ -313,14 +315,15 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
                where=vessel_where + (DIAPHRAGM, 0), ct_value=40.0)
     # pulmonary vessels: branching trees from the hila into the lungs
     for side, hil in hila.items():
-        for tree in range(2):
-            value = PULM_ARTERY if tree == 0 else PULM_VEIN
-            _lung_tree(cv, rng, hil, side, value, 3)
+        for tree in range(4):
+            value = PULM_ARTERY if tree % 2 == 0 else PULM_VEIN
+            _lung_tree(cv, rng, hil + rng.normal(0, 8, 3), side, value, 3)
     return out
 
 
 def _lung_tree(cv: Canvas, rng, start, side, value, levels, r=5.0):
-    tips = [(np.asarray(start, float), np.array([side * 1.0, 0.0, 0.0]), r)]
+    d0 = _unit([side * 1.0, rng.normal(0, 0.5), rng.normal(0, 0.6)])
+    tips = [(np.asarray(start, float), d0, r)]
     for _ in range(levels):
         nxt = []
         for p, d, rr in tips:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,7 +47,7 @@ NO_LIVER_FOVS = ("chest", "pelvis")
 LIVER_CONDITIONS = ("normal", "fatty", "cirrhotic")
 DEFAULT_TEMPLATE = "totalseg_example_ct_full"
 CANVAS_MM = 1.5
-CHEST_MM = 225.0
+CHEST_MM = 270.0
 SMOOTH_LABELS = "labels_1p5mm.nii.gz"
 
 # mean HU ranges per tissue and phase (a case draws one mean per tissue)
@@ -304,9 +304,12 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
                        regime: Optional[str] = None, inplane_mm: Optional[float] = None,
                        thickness_mm: Optional[float] = None, max_matrix: int = 512,
                        max_output_voxels: int = 32_000_000, work_voxels: int = 14_000_000,
-                       fov_probs: Optional[dict] = None, regime_probs: Optional[dict] = None) -> TemplateCase:
+                       fov_probs: Optional[dict] = None, regime_probs: Optional[dict] = None,
+                       direction: Optional[Sequence[float]] = None) -> TemplateCase:
     """One whole-field-of-view case; deterministic for (seed, arguments).
 
+    ``direction``: row-major 3x3 of the output grid (None = drawn: axis flips, sometimes an
+    oblique tilt). ``max_matrix``: in-plane matrix cap (small values give quick test cases).
     ``phase``/``fov``/``condition``/``regime`` None = drawn (see PHASES, FOV_KINDS,
     LIVER_CONDITIONS, tumours.REGIMES). ``fov_probs``/``regime_probs``: weights of the draws.
     The returned ``info`` holds the draws, the geometry and ``tumours`` (one dict per lesion in
@@ -377,10 +380,13 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
             thickness = next(c for c in choices if c > thickness)
     n_z = max(4, int(round(length / thickness)))
     flips = np.where(rng.uniform(size=3) < 0.3, -1.0, 1.0)
-    direction = np.diag(flips)
-    if rng.uniform() < 0.2:
-        t = math.radians(rng.uniform(-8, 8))
-        direction = direction @ np.array([[1, 0, 0], [0, math.cos(t), -math.sin(t)], [0, math.sin(t), math.cos(t)]])
+    tilt = math.radians(rng.uniform(-8, 8)) if rng.uniform() < 0.2 else 0.0
+    if direction is None:
+        direction = np.diag(flips) @ np.array([[1, 0, 0], [0, math.cos(tilt), -math.sin(tilt)], [0, math.sin(tilt), math.cos(tilt)]])
+    else:
+        from ..geometry import check_direction
+
+        direction = np.asarray(check_direction(np.asarray(direction, float).ravel()), float).reshape(3, 3)
     # the output box is centred on the affine's image of the chosen canvas box
     inv = affine.GetInverse()
     out_centre = np.array(inv.TransformPoint(centre.tolist()))
@@ -438,6 +444,9 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
         ids_sub, lesions = insert_lesions(sub_img, liver[bb], vessels, free, sp, paint_info["base_liver_hu"], phase, rng, diam)
         img[bb] = sub_img
         lesion_ids[bb] = ids_sub
+        off = np.array([b.start for b in bb], float)
+        for les in lesions:
+            les["centre_index_zyx"] = [float(v) for v in np.asarray(les["centre_index_zyx"]) + off]
 
     # scanner: slab profile, in-plane blur, correlated noise, onto the output grid
     psf = float(rng.uniform(0.3, 0.7))
@@ -504,6 +513,15 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
         ids_o[osl] = up_box(lesion_ids, sitk.sitkNearestNeighbor)
         label[osl][liver_o] = 1
         label[tum_o] = 2
+        # tumour voxels at a lesion's edge whose nearest work voxel was outside it: nearest lesion's id
+        if tum_o.any():
+            tb = ndimage.find_objects(tum_o.astype(np.uint8))[0]
+            t_ids, t_m = ids_o[tb], tum_o[tb]
+            for _ in range(4):
+                miss = t_m & (t_ids == 0)
+                if not miss.any():
+                    break
+                t_ids[miss] = ndimage.grey_dilation(t_ids, size=(3, 3, 3))[miss]
     image_out = sitk.GetImageFromArray(out)
     image_out.CopyInformation(out_ref)
     label_out = sitk.GetImageFromArray(label)
