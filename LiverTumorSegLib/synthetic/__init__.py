@@ -11,8 +11,9 @@ Roles (like MONAI's subpackages):
 """
 from .procedural import BASE_HU, MAX_TUMOURS, TUMOUR_KINDS, SyntheticCase, make_synthetic_ct
 from .templates import HU_RANGES, PHASES, Template, TemplateCase, make_template_case
+from .wholefov import make_wholefov_case
 
 __all__ = [
     "BASE_HU", "HU_RANGES", "MAX_TUMOURS", "PHASES", "SyntheticCase", "TUMOUR_KINDS", "Template", "TemplateCase",
-    "make_synthetic_ct", "make_template_case",
+    "make_synthetic_ct", "make_template_case", "make_wholefov_case",
 ]

@@ -156,7 +156,7 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
     x_sp, y_sp, _ = cv.phys(0, jj.mean(), ii.mean())
     y_sp_front = float(cv.phys(0, jj.min(), 0)[1])  # anterior edge of the vertebral body (smaller y)
     # domes of organs cut by the top slice: the cross-section shrinks like a spherical cap
-    caps = {5: rng.uniform(45, 80), 1: rng.uniform(20, 50), 6: rng.uniform(30, 70), 20: rng.uniform(10, 30)}
+    caps = {5: rng.uniform(35, 65), 1: rng.uniform(20, 50), 6: rng.uniform(30, 70), 20: rng.uniform(10, 30)}
     cap_h = {}
     hmap = np.zeros(top_lab.shape, np.float32)
     for oid, H in caps.items():
@@ -169,6 +169,8 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
         cap_h[oid] = h
         hmap = np.maximum(hmap, h)
     hmap = ndimage.gaussian_filter(hmap, 4.0 / s) * cavity2d
+    # the diaphragm slopes down from the domes instead of running flat at the template's top
+    hmap = np.maximum(hmap, 0.8 * ndimage.gaussian_filter(hmap, 15.0 / s)) * cavity2d
     dia = rng.uniform(4.0, 7.0)
     # slices above the top
     ks = np.arange(kt + 1, nz)
@@ -201,10 +203,10 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
     # ribs: slanted bands in the wall around the cavity (not at the front midline: cartilage there)
     y2 = cv.phys(0, np.arange(top_lab.shape[0]), 0)[1][:, None]
     x2 = cv.phys(0, 0, np.arange(top_lab.shape[1]))[0][None, :]
-    ring = body2d & (dskin > wall - 13.0) & (dskin < wall - 3.0)
+    ring = body2d & (dskin > wall - 10.0) & (dskin < wall - 3.0)
     y_front = float(y2[np.nonzero(body2d.any(axis=1))[0].min(), 0])
     slant = (45.0 * (1.0 - (y2 - y_front) / max(y_sp - y_front, 1.0))).astype(np.float32)
-    rib_period, rib_phase, rib_w = rng.uniform(30, 40), rng.uniform(0, 40), rng.uniform(9, 13)
+    rib_period, rib_phase, rib_w = rng.uniform(30, 40), rng.uniform(0, 40), rng.uniform(7, 10)
     band = np.mod(h3 + slant[None] + rib_phase, rib_period) < rib_w
     front = np.broadcast_to((np.abs(x2 - x_sp) < 25.0) & (y2 < y_sp - 60.0), ring.shape)
     ribs = band & np.broadcast_to(ring, lab.shape)

@@ -144,6 +144,9 @@ def insert_lesions(img: np.ndarray, liver: np.ndarray, vessels: np.ndarray, free
         surface = r >= 3.0 and rng.uniform() < 0.25
         placed = None
         for attempt in range(25):
+            if attempt and attempt % 8 == 0:  # does not fit: a smaller lesion
+                r = max(1.5, r * 0.8)
+                d = 2 * r
             if surface:
                 a, b = 0, int(np.searchsorted(cand_depth, 0.5 * r))
             else:
@@ -168,26 +171,26 @@ def insert_lesions(img: np.ndarray, liver: np.ndarray, vessels: np.ndarray, free
             rr = np.sqrt(acc)
             # distorted ellipsoid: low-frequency perturbation of the radius
             rr = rr + np.float32(rng.uniform(0.04, 0.15)) * _smooth_noise(rr.shape, rng, max(1.0, r / sp.mean() / 2.5))
-            inside = rr < 1.0
+            soft = rng.uniform(0.03, 0.2)  # blurred margin; the label is where the lesion is >= half
+            inside = rr < 1.0 - soft / 2
             allowed = liver[sl] | (free[sl] & (depth[sl] == 0) & surface)
             shape_mask = inside & allowed
             n = int(shape_mask.sum())
             if n < 2:
                 continue
-            if np.any(ndimage.binary_dilation(shape_mask, iterations=1) & vessels[sl]):
-                continue  # Hu et al.: never on a vessel
+            if r < 15.0 and np.any(ndimage.binary_dilation(shape_mask, iterations=1) & vessels[sl]):
+                continue  # Hu et al.: never on a vessel (large masses may encase them: they replace them)
             if np.any(ids[sl][ndimage.binary_dilation(shape_mask, iterations=1)]):
                 continue
             if surface and np.any(inside & ~allowed & (rr < 0.9)):
                 continue  # would cut into another organ
-            placed = (c, semi, sl, rr, shape_mask)
+            placed = (c, semi, sl, rr, shape_mask, soft)
             break
         if placed is None:
             continue
-        c, semi, sl, rr, shape_mask = placed
-        _mass_effect(img, sl, c, lo_of(sl), sp, float(semi.mean()), rng)
+        c, semi, sl, rr, shape_mask, soft = placed
+        _mass_effect(img, sl, c, lo_of(sl), sp, float(semi.mean()), rng, liver[sl])
         value = _lesion_value(kind, base_hu, phase, rr, rng, sp, r)
-        soft = rng.uniform(0.03, 0.2)
         weight = np.clip((1.0 - rr) / soft, 0, 1) * (liver[sl] | shape_mask)
         img[sl] = img[sl] * (1 - weight) + value * weight
         lid = len(infos) + 1
@@ -230,8 +233,9 @@ def _lesion_value(kind, base_hu, phase, rr, rng, sp, r):
     return np.float32(periphery) * (1 - necro) + np.float32(rng.uniform(5, 30)) * necro + tex
 
 
-def _mass_effect(img: np.ndarray, sl, c, lo, sp, r: float, rng) -> None:
-    """Push the parenchyma around a lesion outwards (radial displacement that decays with distance)."""
+def _mass_effect(img: np.ndarray, sl, c, lo, sp, r: float, rng, liver: np.ndarray) -> None:
+    """Push the parenchyma around a lesion outwards (radial displacement that decays with
+    distance); only liver voxels change, so the liver's outline stays where its label is."""
     k = rng.uniform(0.15, 0.45)
     sub = img[sl]
     zz, yy, xx = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in sub.shape), indexing="ij")
@@ -240,4 +244,5 @@ def _mass_effect(img: np.ndarray, sl, c, lo, sp, r: float, rng) -> None:
     dist = np.sqrt((dz * sp[0]) ** 2 + (dy * sp[1]) ** 2 + (dx * sp[2]) ** 2)
     f = 1.0 - np.float32(k) * np.exp(-((dist / np.float32(1.3 * r)) ** 2))
     src = [cl[0] + dz * f, cl[1] + dy * f, cl[2] + dx * f]
-    img[sl] = ndimage.map_coordinates(sub, src, order=1, mode="nearest")
+    warped = ndimage.map_coordinates(sub, src, order=1, mode="nearest")
+    img[sl] = np.where(liver, warped, sub)

@@ -96,6 +96,9 @@ GROUPS: dict[str, tuple[int, ...]] = {
     "vein": (53, 59, 60, 67, 68), "muscle": tuple(range(80, 90)) + (22, 17, A.DIAPHRAGM, 15, 16),
     "cord": (79, 90), "fat": (A.MEDIASTINAL_FAT,), "ascites": (A.ASCITES,), "air": (A.AIRWAY_AIR,),
 }
+MEASURED = {"liver": 5, "portal_vein_in_liver": A.PORTAL_IN, "hepatic_vein": A.HEPATIC_IN, "left_ventricle": A.LV,
+            "right_ventricle": A.RV, "myocardium": A.MYOCARDIUM, "aorta": 52, "ivc": 63, "spleen": 1, "kidney_right": 2,
+            "small_bowel": 18, "duodenum": 19, "colon": 20, "stomach": 6, "gallbladder": 4}
 BOWEL = {"stomach": 6, "small_bowel": 18, "duodenum": 19, "colon": 20}
 LIVER_LABEL_IDS = A.LIVER_IDS
 
@@ -448,6 +451,14 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
         for les in lesions:
             les["centre_index_zyx"] = [float(v) for v in np.asarray(les["centre_index_zyx"]) + off]
 
+    # measured mean HU per structure (before the scanner's noise; lesions excluded)
+    keep = lesion_ids.ravel() == 0
+    lab_flat = lab.ravel()[keep]
+    sums = np.bincount(lab_flat, weights=img.ravel()[keep], minlength=256)
+    cnts = np.bincount(lab_flat, minlength=256)
+    hu_measured = {name: round(float(sums[i] / cnts[i]), 1) for name, i in MEASURED.items() if cnts[i] > 20}
+    del keep, lab_flat
+
     # scanner: slab profile, in-plane blur, correlated noise, onto the output grid
     psf = float(rng.uniform(0.3, 0.7))
     sig_xy = psf / ws
@@ -550,7 +561,7 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
         "size": [int(v) for v in out_size], "spacing": [float(v) for v in out_spacing],
         "direction": [float(v) for v in direction.ravel()], "origin": [float(v) for v in origin],
         "work_spacing": [float(ws), float(ws), float(sub_z)], "noise_hu": noise_hu, "elastic_mm": elastic,
-        "hu_means": {k: round(v, 1) for k, v in means.items()}, "bowel": bowel_info, "cirrhosis": cond_info,
+        "hu_means": {k: round(v, 1) for k, v in means.items()}, "hu_measured": hu_measured, "bowel": bowel_info, "cirrhosis": cond_info,
         "landmarks": {k: v for k, v in marks.items() if k.startswith("z_")}, "n_tumours": len(tumours),
         "tumours": tumours,
     }
