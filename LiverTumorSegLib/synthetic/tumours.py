@@ -107,7 +107,7 @@ def lesion_diameters(rng: np.random.Generator, regime: str) -> list[float]:
     if regime == "none":
         return []
     if regime == "solitary":
-        return [float(math.exp(rng.uniform(math.log(15), math.log(110))))]
+        return [float(math.exp(rng.uniform(math.log(20), math.log(120))))]
     if regime == "few":
         return [float(math.exp(rng.uniform(math.log(5), math.log(50)))) for _ in range(int(rng.integers(2, 8)))]
     return [float(math.exp(rng.uniform(math.log(3), math.log(20)))) for _ in range(int(rng.integers(10, 81)))]

@@ -378,7 +378,12 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
     if thickness_mm:
         thickness = float(thickness_mm)
     else:
-        thickness = float(rng.choice(choices, p=[0.15, 0.1, 0.15, 0.15, 0.15, 0.15, 0.15]))
+        thickness = float(rng.choice(choices, p=[0.15, 0.1, 0.15, 0.2, 0.15, 0.15, 0.1]))
+        # over the voxel cap: coarser in-plane (up to 1.0 mm) first, then thicker slices
+        if n_xy * n_xy * (length / thickness) > max_output_voxels and not inplane_mm:
+            n_fit = int(math.sqrt(max_output_voxels * thickness / length))
+            n_xy = min(n_xy, max(n_fit, int(math.ceil(side / 1.0))))
+            inplane = side / n_xy
         while n_xy * n_xy * (length / thickness) > max_output_voxels and thickness < choices[-1]:
             thickness = next(c for c in choices if c > thickness)
     n_z = max(4, int(round(length / thickness)))
