@@ -100,7 +100,10 @@ def _job(job: dict) -> dict:
         if template is None:
             template = _TEMPLATES[str(folder)] = Template.load(folder / "ct.nii.gz", folder / "totalseg_multilabel.nii.gz")
         n_tum = (0, 0) if rng.uniform() < job["tumour_free_fraction"] else (1, 5)
-        case = make_template_case(template, seed, n_tumours=n_tum, max_inplane_voxels=min(320, job["max_matrix"]))
+        # clinical grids (0.6-1.0 mm in-plane, 1-5 mm slices); the matrix cap keeps a case near 10 s
+        case = make_template_case(template, seed, n_tumours=n_tum, inplane_mm=float(rng.uniform(0.6, 1.0)),
+                                  thickness_mm=float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0])),
+                                  max_inplane_voxels=min(384, job["max_matrix"]))
         image, label = case.image, case.label
         info = {"source": "template", **case.info, "fov": "abdomen"}
         info["tumours"] = _tumour_records(label)

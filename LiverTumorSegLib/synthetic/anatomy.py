@@ -180,7 +180,11 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
     body3 = np.broadcast_to(body2d, lab.shape)
     ct[body3] = np.broadcast_to(top_ct, lab.shape)[body3]
     ct[body3 & (ct < -200)] = -100.0  # no gas in the chest wall
-    cav3 = np.broadcast_to(cavity2d, lab.shape)
+    # towards the lung apices the thorax narrows: a thicker wall (shoulder girdle) in the top 80 mm
+    h_total = float(h3.max())
+    taper = np.clip(h3 - (h_total - 80.0), 0.0, None) * rng.uniform(0.5, 0.9)
+    cav3 = cavity2d[None] & (dskin[None] > wall + taper)
+    ct[body3 & ~cav3 & (np.broadcast_to(dskin, lab.shape) > wall - 5.0)] = 50.0
     lab[cav3] = LUNG_ID
     ct[cav3] = -850.0
     lung_top = np.isin(top_lab, (10, 11, 12, 13, 14)) & (hmap < 1.0)  # lung bases continue upwards
