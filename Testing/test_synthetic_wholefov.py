@@ -164,3 +164,15 @@ def test_generator_layouts_are_discovered(tmp_path, layout):
     rc = gen.main(["--out", str(out), "--n-procedural", "2", "--n-wholefov", "1", "--max-matrix", "48",
                    "--layout", layout, "--workers", "1", "--seed", "3"])
     assert rc == 0 and len(discover_cases(out)) == 3
+
+
+def test_surface_lesions_bulge_and_stay_in_the_label():
+    """Over a few seeds some lesions sit at the liver surface; every lesion voxel is labelled
+    tumour (2) and so lies inside the liver's outline (labels 1 and 2 together)."""
+    found = 0
+    for seed in range(40, 46):
+        c = make_wholefov_case(seed, fov="abdomen", regime="few", **QUICK)
+        lab = _arr(c.label)
+        found += sum(t["surface"] for t in c.info["tumours"])
+        assert sum(t["n_voxels"] for t in c.info["tumours"]) == int((lab == 2).sum())
+    assert found >= 1

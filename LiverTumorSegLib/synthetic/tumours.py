@@ -182,7 +182,9 @@ def insert_lesions(img: np.ndarray, liver: np.ndarray, vessels: np.ndarray, free
                 continue  # Hu et al.: never on a vessel (large masses may encase them: they replace them)
             if np.any(ids[sl][ndimage.binary_dilation(shape_mask, iterations=1)]):
                 continue
-            if surface and np.any(inside & ~allowed & (rr < 0.9)):
+            if surface and np.count_nonzero(inside & ~allowed) > 0.15 * np.count_nonzero(inside):
+                if attempt >= 12:
+                    surface = False  # no room at the surface here: an intrahepatic lesion instead
                 continue  # would cut into another organ
             placed = (c, semi, sl, rr, shape_mask, soft)
             break

@@ -435,6 +435,7 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
     wdir, wsp, worg = np.array(work.GetDirection()).reshape(3, 3), np.array(work.GetSpacing()), np.array(work.GetOrigin())
     bowel_info = _bowel(img, lab, rng, phase, means, sp,
                         lambda zyx: worg[1] + (zyx[:, ::-1] * wsp) @ wdir[1])
+    fat = (lab == 0) & (ct > -200) & (ct < -20)  # where a surface lesion may bulge: perihepatic fat
     del ct
 
     # lesions
@@ -448,7 +449,7 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
         bb = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(bb, pad, lab.shape))
         sub_img = img[bb]
         vessels = np.isin(lab[bb], (A.PORTAL_IN, A.HEPATIC_IN, 64, 63))
-        free = lab[bb] == 0
+        free = fat[bb]
         ids_sub, lesions = insert_lesions(sub_img, liver[bb], vessels, free, sp, paint_info["base_liver_hu"], phase, rng, diam)
         img[bb] = sub_img
         lesion_ids[bb] = ids_sub
