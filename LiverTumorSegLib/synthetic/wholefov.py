@@ -251,7 +251,7 @@ def _bowel(img, lab, rng, phase, means, spacing_zyx, y_of) -> dict:
                 continue
             t = tuple((sel + off).T)
             if name == "colon":
-                kind = str(rng.choice(["stool", "gas", "fluid_gas"], p=[0.55, 0.3, 0.15]))
+                kind = str(rng.choice(["stool", "gas", "fluid_gas"], p=[0.65, 0.2, 0.15]))
             elif name == "small_bowel":
                 kind = str(rng.choice(["collapsed", "fluid", "positive", "liver_like"], p=[0.35, 0.25, 0.15, 0.25]))
             elif name == "stomach":
