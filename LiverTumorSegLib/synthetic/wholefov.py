@@ -168,7 +168,7 @@ def _affine(rng, centre) -> sitk.AffineTransform:
 def _choose_fov(rng, kind: str, marks: dict, z_lo: float, z_hi: float) -> tuple[float, float]:
     """z range (canvas mm) of a field-of-view kind."""
     liver_lo, dome = marks["z_liver_lo"], marks["z_liver_dome"]
-    m = 30.0  # margin that keeps the liver out of no-liver fields of view despite the deformation
+    m = 5.0  # the liver's deformed edge is trimmed off after sampling (make_wholefov_case)
     if kind == "whole":
         a, b = z_lo + rng.uniform(0, 20), z_hi - rng.uniform(0, 20)
     elif kind == "chest_abdomen":
@@ -424,6 +424,31 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
     lab = sitk.GetArrayFromImage(sitk.Resample(lab_img, work, dense, sitk.sitkNearestNeighbor, 0))
     ct = sitk.GetArrayFromImage(sitk.Resample(ct_img, work, dense, sitk.sitkLinear, -1000.0))
     sp = np.array([sub_z, ws, ws])
+    if fov in NO_LIVER_FOVS:
+        # the deformation may bring the liver's edge into the box: keep the longest run of
+        # acquired slices without liver (the label of a no-liver case is empty by construction)
+        has = np.isin(lab, LIVER_LABEL_IDS).reshape(n_z, step, -1).any(axis=(1, 2))
+        if has.any():
+            best, start = (0, 0), None
+            for k, h in enumerate(list(has) + [True]):
+                if not h and start is None:
+                    start = k
+                elif h and start is not None:
+                    if k - start > best[1] - best[0]:
+                        best = (start, k)
+                    start = None
+            k0, k1 = best
+            if k1 - k0 < 4:
+                raise RuntimeError(f"seed {seed}: no liver-free {fov} field of view")
+            lab, ct = lab[k0 * step:k1 * step], ct[k0 * step:k1 * step]
+            origin = origin + direction[:, 2] * (k0 * thickness)
+            n_z = k1 - k0
+            nzw = n_z * step
+            out_size = np.array([n_xy, n_xy, n_z])
+            work = sitk.Image([nw, nw, nzw], sitk.sitkUInt8)
+            work.SetSpacing([ws, ws, sub_z])
+            work.SetDirection(direction.ravel().tolist())
+            work.SetOrigin((origin - direction[:, 2] * (thickness - sub_z) / 2.0).tolist())
 
     cond_info = _cirrhosis(lab, rng, sp) if condition == "cirrhotic" else {}
     img, paint_info = _paint(lab, ct, rng, phase, condition)
