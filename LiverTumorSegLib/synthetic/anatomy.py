@@ -187,11 +187,11 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
     ct[body3 & ~cav3 & (np.broadcast_to(dskin, lab.shape) > wall - 5.0)] = 50.0
     lab[cav3] = LUNG_ID
     ct[cav3] = -850.0
-    lung_top = np.isin(top_lab, (10, 11, 12, 13, 14)) & (hmap < 1.0)  # lung bases continue upwards
+    lung_top = np.isin(top_lab, (10, 11, 12, 13, 14))  # lung bases continue upwards
     dia3 = cav3 & (h3 >= hmap[None]) & (h3 < hmap[None] + dia) & ~lung_top[None]
     lab[dia3] = DIAPHRAGM
     ct[dia3] = 45.0
-    below_dome = cav3 & (h3 < hmap[None])
+    below_dome = cav3 & (h3 < hmap[None]) & ~lung_top[None]
     lab[below_dome] = 0
     ct[below_dome] = -90.0  # fat between the capped organs
     for oid, h in cap_h.items():

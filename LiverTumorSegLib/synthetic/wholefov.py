@@ -190,7 +190,7 @@ def _choose_fov(rng, kind: str, marks: dict, z_lo: float, z_hi: float) -> tuple[
 
 
 # ---------------------------------------------------------------------------- tissues
-def _paint(lab: np.ndarray, ct: np.ndarray, rng, phase: str, condition: str) -> tuple[np.ndarray, dict]:
+def _paint(lab: np.ndarray, ct: np.ndarray, rng, phase: str, condition: str, spacing_xy: float) -> tuple[np.ndarray, dict]:
     """HU image from the label map (TotalSegmentator + anatomy ids) and the real CT."""
     means = {t: float(rng.uniform(*HU[t][phase])) for t in HU}
     base_liver = means["liver"]
@@ -220,6 +220,12 @@ def _paint(lab: np.ndarray, ct: np.ndarray, rng, phase: str, condition: str) -> 
             img[inner] = base + 60 * texture[inner]
             continue
         img[m] = base + amp.get(name, 5.0) * texture[m]
+        if name == "kidney" and phase != "non_contrast":
+            # corticomedullary phase: the medulla enhances later than the cortex
+            bb = ndimage.find_objects(m.astype(np.uint8))[0]
+            inner = ndimage.binary_erosion(m[bb], iterations=max(1, int(round(5.0 / spacing_xy))))
+            drop = rng.uniform(60, 130) if phase in ("arterial", "cta") else rng.uniform(5, 25)
+            img[bb][inner] -= drop
     info = {"means": means, "base_liver_hu": base_liver}
     return img, info
 
@@ -451,7 +457,7 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
             work.SetOrigin((origin - direction[:, 2] * (thickness - sub_z) / 2.0).tolist())
 
     cond_info = _cirrhosis(lab, rng, sp) if condition == "cirrhotic" else {}
-    img, paint_info = _paint(lab, ct, rng, phase, condition)
+    img, paint_info = _paint(lab, ct, rng, phase, condition, ws)
     means = paint_info["means"]
     if condition == "cirrhotic" and np.any(lab == 5):
         bb = ndimage.find_objects((lab == 5).astype(np.uint8))[0]
