@@ -176,3 +176,29 @@ def test_surface_lesions_bulge_and_stay_in_the_label():
         found += sum(t["surface"] for t in c.info["tumours"])
         assert sum(t["n_voxels"] for t in c.info["tumours"]) == int((lab == 2).sum())
     assert found >= 1
+
+
+def test_dense_transform_matches_the_exact_warp():
+    """The coarse displacement field reproduces an affine + B-spline warp to well under a voxel."""
+    from LiverTumorSegLib.synthetic.scanner import dense_transform
+
+    rng = np.random.default_rng(4)
+    ref = sitk.Image([80, 70, 60], sitk.sitkUInt8)
+    ref.SetSpacing([1.5, 1.5, 2.0])
+    ref.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    ref.SetOrigin((60.0, 50.0, -30.0))
+    bs = sitk.BSplineTransformInitializer(ref, [4, 4, 3], order=3)
+    bs.SetParameters(rng.normal(0, 4.0, size=len(bs.GetParameters())).tolist())
+    aff = sitk.AffineTransform(3)
+    aff.SetMatrix((np.diag([1.1, 0.95, 1.05])).ravel().tolist())
+    aff.SetTranslation((3.0, -2.0, 5.0))
+    comp = sitk.CompositeTransform(3)
+    comp.AddTransform(bs)
+    comp.AddTransform(aff)
+    dense = dense_transform(comp, ref)
+    err = []
+    for _ in range(300):
+        idx = rng.uniform([0, 0, 0], np.array(ref.GetSize()) - 1)
+        p = ref.TransformContinuousIndexToPhysicalPoint(idx.tolist())
+        err.append(np.linalg.norm(np.subtract(comp.TransformPoint(p), dense.TransformPoint(p))))
+    assert max(err) < 0.5

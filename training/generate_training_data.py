@@ -103,7 +103,7 @@ def _job(job: dict) -> dict:
         # clinical grids (0.6-1.0 mm in-plane, 1-5 mm slices); the matrix cap keeps a case near 10 s
         case = make_template_case(template, seed, n_tumours=n_tum, inplane_mm=float(rng.uniform(0.6, 1.0)),
                                   thickness_mm=float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0])),
-                                  max_inplane_voxels=min(384, job["max_matrix"]))
+                                  max_inplane_voxels=min(384, job["max_matrix"]), fast_warp=True)
         image, label = case.image, case.label
         info = {"source": "template", **case.info, "fov": "abdomen"}
         info["tumours"] = _tumour_records(label)

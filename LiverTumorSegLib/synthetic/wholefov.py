@@ -37,7 +37,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from . import anatomy as A
-from .scanner import smooth_noise
+from .scanner import dense_transform, smooth_noise
 from .templates import BUNDLED_TEMPLATES, TemplateCase
 from .tumours import draw_regime, insert_lesions, lesion_diameters
 
@@ -421,12 +421,7 @@ def make_wholefov_case(seed: int, template: Union[str, Path, None] = None, phase
     work.SetOrigin((origin - direction[:, 2] * (thickness - sub_z) / 2.0).tolist())
     # The B-spline is smooth: evaluate the whole transform on a coarse grid (~6 mm) once and
     # let a displacement-field transform interpolate it (evaluating the B-spline per voxel is slow).
-    coarse_sp = np.array([6.0, 6.0, 6.0])
-    coarse_n = np.ceil(np.array(work.GetSize()) * np.array(work.GetSpacing()) / coarse_sp).astype(int) + 3
-    coarse_origin = np.array(work.GetOrigin()) - direction @ coarse_sp
-    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, [int(v) for v in coarse_n],
-                                              coarse_origin.tolist(), coarse_sp.tolist(), direction.ravel().tolist())
-    dense = sitk.DisplacementFieldTransform(field)
+    dense = dense_transform(transform, work)
     lab = sitk.GetArrayFromImage(sitk.Resample(lab_img, work, dense, sitk.sitkNearestNeighbor, 0))
     ct = sitk.GetArrayFromImage(sitk.Resample(ct_img, work, dense, sitk.sitkLinear, -1000.0))
     sp = np.array([sub_z, ws, ws])
