@@ -187,7 +187,11 @@ def test_dense_transform_matches_the_exact_warp():
     ref.SetSpacing([1.5, 1.5, 2.0])
     ref.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
     ref.SetOrigin((60.0, 50.0, -30.0))
-    bs = sitk.BSplineTransformInitializer(ref, [4, 4, 3], order=3)
+    domain = sitk.Image([140, 130, 100], sitk.sitkUInt8)  # the warp's support covers the warped points
+    domain.SetSpacing([1.5, 1.5, 2.0])
+    domain.SetDirection(ref.GetDirection())
+    domain.SetOrigin((105.0, 95.0, -70.0))
+    bs = sitk.BSplineTransformInitializer(domain, [5, 5, 4], order=3)
     bs.SetParameters(rng.normal(0, 4.0, size=len(bs.GetParameters())).tolist())
     aff = sitk.AffineTransform(3)
     aff.SetMatrix((np.diag([1.1, 0.95, 1.05])).ravel().tolist())
