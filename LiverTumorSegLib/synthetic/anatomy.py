@@ -239,17 +239,16 @@ def draw_chest(cv: Canvas, rng: np.random.Generator) -> dict:
     hc = np.array([hx, hy, floor + ext_z * rng.uniform(0.75, 0.9)])
     out["heart_centre"] = hc.tolist()
     out["z_heart_top"] = float(hc[2] + ext_z)
-    above = None  # the heart only replaces lung and fat: it rests on the diaphragm and the organ domes
-    soft = (LUNG_ID, 0, MEDIASTINAL_FAT)
+    soft = (LUNG_ID, 0, MEDIASTINAL_FAT)  # the heart replaces only these: it rests on the diaphragm and domes
     # mediastinal / epicardial fat envelope, then the heart wall and the blood pools
-    paint_ellipsoid(cv, hc, semi + rng.uniform(3, 8), R, MEDIASTINAL_FAT, where=soft, ct_value=-90.0, extra=above)
-    paint_ellipsoid(cv, hc, semi, R, MYOCARDIUM, where=soft, ct_value=45.0, extra=above)
+    paint_ellipsoid(cv, hc, semi + rng.uniform(3, 8), R, MEDIASTINAL_FAT, where=soft, ct_value=-90.0)
+    paint_ellipsoid(cv, hc, semi, R, MYOCARDIUM, where=soft, ct_value=45.0)
     base = hc - e1 * a * 0.62
     la_c = base - e2 * b * 0.25 + np.array([0, 1, 0]) * 12 + np.array([0, 0, 1]) * 10
     ra_c = base + e2 * b * 0.55 + np.array([-1, 0, 0]) * 8
     for cc, ss, v in ((la_c, [0.32 * a, 0.42 * b, 0.45 * c], LA), (ra_c, [0.36 * a, 0.36 * b, 0.45 * c], RA)):
-        paint_ellipsoid(cv, cc, np.array(ss) + 3.0, R, MYOCARDIUM, where=soft, ct_value=45.0, extra=above)
-        paint_ellipsoid(cv, cc, ss, R, v, where=soft + (MYOCARDIUM,), ct_value=45.0, extra=above)
+        paint_ellipsoid(cv, cc, np.array(ss) + 3.0, R, MYOCARDIUM, where=soft, ct_value=45.0)
+        paint_ellipsoid(cv, cc, ss, R, v, where=soft + (MYOCARDIUM,), ct_value=45.0)
     paint_ellipsoid(cv, hc + e1 * a * 0.12 - e2 * b * 0.22, [0.62 * a, 0.45 * b, 0.55 * c], R, LV,
                     where=(MYOCARDIUM,), ct_value=45.0)
     paint_ellipsoid(cv, hc + e2 * b * 0.52 - e1 * a * 0.05, [0.55 * a, 0.28 * b, 0.6 * c], R, RV,
