@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib.synthetic_templates import HU_RANGES, Template, make_template_case
+from LiverTumorSegLib.synthetic.templates import HU_RANGES, Template, make_template_case
 
 @pytest.fixture(scope="module")
 def template() -> Template:

@@ -21,7 +21,8 @@ PROCEDURAL_SAMPLE = dict(size=(256, 256, 72), spacing=(1.5, 1.5, 2.5), seed=2026
 
 def make_sample(kind: str):
     """(image, reference label, description) of the bundled sample."""
-    from .. import synthetic, synthetic_templates
+    from .. import synthetic
+    from ..synthetic import templates as synthetic_templates
 
     if kind == "procedural":
         case = synthetic.make_synthetic_ct(**PROCEDURAL_SAMPLE)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from LiverTumorSegLib import image_io, metrics  # noqa: E402
 from LiverTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
 from LiverTumorSegLib.synthetic import make_synthetic_ct  # noqa: E402
-from LiverTumorSegLib.synthetic_templates import Template, make_template_case  # noqa: E402
+from LiverTumorSegLib.synthetic.templates import Template, make_template_case  # noqa: E402
 from LiverTumorSegLib.weights import DEFAULT_WEIGHTS, load_model, sha256_file, sidecar_path  # noqa: E402
 
 TEMPLATE_SCANS = {"totalseg_example_ct_sm"}  # their labels are templates: never a fair score

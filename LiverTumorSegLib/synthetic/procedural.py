@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Geometry, check_direction
+from ..geometry import Geometry, check_direction
 
 # tissue ids -> (HU, label)
 AIR, FAT, MUSCLE, CORTICAL, CANCELLOUS, DISC, CSF, LUNG, AORTA, IVC = range(10)
