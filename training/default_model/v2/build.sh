@@ -18,7 +18,7 @@ INIT=${INIT-$V1}
 mkdir -p "$WORK"
 
 if [ "$SMOKE" = 1 ]; then
-    GEN_ARGS=${GEN_ARGS:-"--templates LiverTumorSegLib/resources/templates/totalseg_example_ct_sm --n-template 3 --n-procedural 2"}
+    GEN_ARGS=${GEN_ARGS:-"--n-wholefov 3 --n-template 2 --n-procedural 1 --max-matrix 96"}
     # tiny patches, 1 epoch of 2 iterations; keys this checkout's TrainConfig lacks are dropped (said so)
     $PY - "$V2" "$WORK" <<'PYEOF'
 import dataclasses, json, sys
@@ -38,30 +38,31 @@ for stage, patch in (("locator", [16, 32, 32]), ("segmenter", [16, 48, 48])):
 PYEOF
     LOC_CFG=$WORK/locator_train.smoke.json
     SEG_CFG=$WORK/segmenter_train.smoke.json
-    FIN_ARGS="--n-template 1 --n-procedural 1 --n-wholefov 1"
+    FIN_ARGS="--n-template 1 --n-procedural 1 --n-wholefov 1 --n-wholefov-clean 1"
 else
-    # Add the whole-field-of-view and no-liver case options of generate_training_data.py here
-    # (synthetic/ subpackage, issue 9) once it has them.
-    GEN_ARGS=${GEN_ARGS:-"--templates LiverTumorSegLib/resources/templates/totalseg_example_ct_sm --n-template 60 --n-procedural 12"}
+    # The data of the v2 run: whole fields of view (chest, abdomen, pelvis; every phase incl. CTA;
+    # no-liver cases) plus the v1 kinds, in-plane matrix capped at 320 for CPU practicality.
+    GEN_ARGS=${GEN_ARGS:-"--n-wholefov 96 --n-template 12 --n-procedural 6 --max-matrix 320"}
     LOC_CFG=$V2/locator_train.json
     SEG_CFG=$V2/segmenter_train.json
     FIN_ARGS=""
 fi
 
 echo "== 1/6 generate"
-$PY training/generate_training_data.py --out "$WORK/data" --seed 2 $GEN_ARGS
+$PY training/generate_training_data.py --out "$WORK/data" --seed 0 --workers 2 $GEN_ARGS
 echo "== 2/6 prepare (locator grid, segmenter grid)"
 $PY training/prepare.py "$WORK/data" --out "$WORK/cache-locator" --preprocessing $V2/locator_preprocessing.json \
     --ratios 0.9 0.1 0.0 --dataset-name synthetic-v2-locator --quiet
 $PY training/prepare.py "$WORK/data" --out "$WORK/cache-segmenter" --preprocessing $V2/segmenter_preprocessing.json \
     --ratios 0.9 0.1 0.0 --dataset-name synthetic-v2-segmenter --quiet
 echo "== 3/6 train stage 1 (locator)"
-$PY training/train.py --config "$LOC_CFG" --cache "$WORK/cache-locator" --out "$WORK/run-locator" --no-progress
+$PY training/train.py --config "$LOC_CFG" --cache "$WORK/cache-locator" --out "$WORK/run-locator" --no-progress \
+    --training-data-kind synthetic
 echo "== 4/6 train stage 2 (segmenter)"
 INIT_ARGS=()
 if [ -n "$INIT" ] && [ -f "$INIT" ]; then INIT_ARGS=(--init-weights "$INIT"); fi
 $PY training/train.py --config "$SEG_CFG" --cache "$WORK/cache-segmenter" --out "$WORK/run-segmenter" \
-    --no-progress "${INIT_ARGS[@]}"
+    --no-progress --training-data-kind synthetic "${INIT_ARGS[@]}"
 echo "== 5/6 assemble the bundle"
 $PY $V2/assemble_bundle.py --locator-run "$WORK/run-locator" --segmenter-run "$WORK/run-segmenter" \
     --out "$WORK/bundle" --name default

@@ -2,14 +2,14 @@
 """Evaluate a two-stage bundle (v2 default model) and optionally install it in the package.
 
     python training/default_model/v2/finalize.py --bundle BUNDLE_DIR/default.json --work WORK \
-        [--real-data ../shared/data] [--n-template 6 --n-procedural 4 --n-wholefov 4] [--install]
+        [--real-data ../shared/data] [--n-template 6 --n-procedural 4 --n-wholefov 6 --n-wholefov-clean 3] [--install]
 
 Scores, all through ``inference.segment`` (exactly what the application runs):
 
 - held-out synthetic cases (seeds from ``HELD_OUT_SEED``, never used by
   ``generate_training_data.py``): template cases with tumours, procedural cases, and whole-
-  field-of-view cases WITHOUT tumours (``synthetic.make_wholefov_case`` when the package has it,
-  else template cases of the whole-FOV template with no tumours): liver Dice, tumour Dice
+  field-of-view cases (``synthetic.make_wholefov_case``, the training recipe) with lesions and
+  WITHOUT lesions: liver Dice, tumour Dice
   (cases with tumours), detection by reference diameter (< 5, 5-10, 10-20, > 20 mm; detected =
   any predicted tumour component overlaps it), false-positive tumour components per case;
 - real scans in --real-data: liver Dice on every folder with ``label.nii.gz`` (held out:
@@ -45,11 +45,7 @@ from LiverTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
 from LiverTumorSegLib.utils.files import atomic_write_json, atomic_write_text, sidecar_path  # noqa: E402
 from LiverTumorSegLib.weights import RESOURCE_MODELS, TwoStageModel, load_model  # noqa: E402
 
-try:  # the synthetic/ subpackage
-    from LiverTumorSegLib.synthetic import Template, make_synthetic_ct, make_template_case  # noqa: E402
-except ImportError:  # the older flat modules
-    from LiverTumorSegLib.synthetic import make_synthetic_ct  # noqa: E402
-    from LiverTumorSegLib.synthetic_templates import Template, make_template_case  # noqa: E402
+from LiverTumorSegLib.synthetic import Template, make_synthetic_ct, make_template_case, make_wholefov_case  # noqa: E402
 
 HELD_OUT_SEED = 424242  # generate_training_data.py uses seeds 100000 * seed + i with small seeds
 TEMPLATE_SCANS = {"totalseg_example_ct_sm", "totalseg_example_ct_full"}  # labels shaped the training data
@@ -77,39 +73,27 @@ def _score(result, reference: sitk.Image) -> dict:
             "box_fraction": (rep.get("two_stage") or {}).get("box_fraction_of_image")}
 
 
-def _wholefov_case(seed: int, template_full: Optional[Template]):
-    """A whole-field-of-view case without tumours (the new generator when present)."""
-    try:
-        from LiverTumorSegLib.synthetic import make_wholefov_case  # type: ignore[attr-defined]
-    except ImportError:
-        make_wholefov_case = None
-    if make_wholefov_case is not None:
-        try:
-            return make_wholefov_case(seed=seed, n_tumours=(0, 0)), "wholefov"
-        except TypeError:  # another signature: let it choose, tumours included
-            return make_wholefov_case(seed=seed), "wholefov"
-    if template_full is None:
-        return None, None
-    return make_template_case(template_full, seed, n_tumours=(0, 0), max_inplane_voxels=256), "wholefov-template"
+def _wholefov_case(seed: int, tumours: bool):
+    """A held-out whole-field-of-view case (the training generator's recipe, a held-out seed):
+    lesions drawn as in training, or none (``tumours=False``: the false-positive check)."""
+    return make_wholefov_case(seed=seed, regime=None if tumours else "none", max_matrix=320)
 
 
 def evaluate_synthetic(loaded, options, n_template: int, n_procedural: int, n_wholefov: int,
-                       template_full: Optional[Template]) -> list:
+                       n_wholefov_clean: int) -> list:
     out = []
     template = Template.bundled()
     jobs = [("template", i) for i in range(n_template)] + [("procedural", i) for i in range(n_procedural)] + \
-           [("wholefov", i) for i in range(n_wholefov)]
+           [("wholefov", i) for i in range(n_wholefov)] + [("wholefov-clean", i) for i in range(n_wholefov_clean)]
     for kind, i in jobs:
-        seed = HELD_OUT_SEED + {"template": 0, "procedural": 1000, "wholefov": 2000}[kind] + i
+        seed = HELD_OUT_SEED + {"template": 0, "procedural": 1000, "wholefov": 2000, "wholefov-clean": 3000}[kind] + i
         if kind == "template":
             case = make_template_case(template, seed, n_tumours=(1, 6))
         elif kind == "procedural":
             case = make_synthetic_ct(size=(256, 256, 64), spacing=(1.4, 1.4, 2.5), seed=seed, n_tumours=(1, 5),
                                      tumour_diameter_mm=(3.0, 50.0))
         else:
-            case, kind = _wholefov_case(seed, template_full)
-            if case is None:
-                continue
+            case = _wholefov_case(seed, tumours=(kind == "wholefov"))
         t0 = time.perf_counter()
         result = segment(case.image, loaded, options)
         entry = {"case": f"{kind}-{seed}", "kind": kind, "seconds": round(time.perf_counter() - t0, 2),
@@ -259,7 +243,8 @@ def main(argv=None) -> int:
     p.add_argument("--real-data", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--n-template", type=int, default=6)
     p.add_argument("--n-procedural", type=int, default=4)
-    p.add_argument("--n-wholefov", type=int, default=4)
+    p.add_argument("--n-wholefov", type=int, default=6, help="held-out whole-field-of-view cases with lesions")
+    p.add_argument("--n-wholefov-clean", type=int, default=3, help="held-out whole-field-of-view cases without lesions")
     p.add_argument("--device", default="auto")
     p.add_argument("--install", action="store_true", help="install the bundle as the package's default model")
     args = p.parse_args(argv)
@@ -268,11 +253,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"finalize: {args.bundle} is not a two-stage bundle")
     options = SegmentOptions(device=args.device)
     real_data = args.real_data if args.real_data.is_dir() else None
-    template_full = None
-    if real_data and (real_data / "totalseg_example_ct_full" / "totalseg_multilabel.nii.gz").exists():
-        template_full = Template.load(real_data / "totalseg_example_ct_full" / "ct.nii.gz",
-                                      real_data / "totalseg_example_ct_full" / "totalseg_multilabel.nii.gz")
-    syn = evaluate_synthetic(loaded, options, args.n_template, args.n_procedural, args.n_wholefov, template_full)
+    syn = evaluate_synthetic(loaded, options, args.n_template, args.n_procedural, args.n_wholefov,
+                             args.n_wholefov_clean)
     real = evaluate_real(loaded, options, real_data) if real_data else []
     ev = {"bundle": loaded.identity(), "synthetic": syn, "real": real, "summary": summarise(syn, real)}
     args.work.mkdir(parents=True, exist_ok=True)
