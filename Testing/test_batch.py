@@ -103,7 +103,8 @@ def test_resume_skips_finished_redoes_changed_and_records_the_bad_file(tmp_path,
     for k in ("ct0", "ct1", "patient_dicom"):
         assert status[k]["liver_ml"] > 0 and status[k]["model_sha256"] == json.loads(
             model.with_suffix(".json").read_text())["sha256"]
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                   if p.is_file() and p.name != "summary.parquet")  # with pyarrow (tested apart)
     assert files == ["ct0/ct0.nii.gz", "ct0/ct0.report.json", "ct1/ct1.nii.gz", "ct1/ct1.report.json",
                      "manifest.json", "patient_dicom/patient_dicom.nii.gz", "patient_dicom/patient_dicom.report.json",
                      "patient_dicom/patient_dicom.seg.dcm", "patient_dicom/patient_dicom.sr.dcm", "summary.csv"]
