@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", metavar="INPUT", help="folder of cases or CSV case list")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created)")
-    p.add_argument("--model", default=None, metavar="WEIGHTS", help="weights .safetensors; default: the bundled model")
+    p.add_argument("--model", default=None, metavar="WEIGHTS", help="weights .safetensors (single network) or a two-stage bundle .json; default: the bundled model")
     p.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nrrd", ".seg.nrrd", ".mha"],
                    dest="labelmap_ext", help="label map format per case (default .nii.gz)")
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG per case (DICOM inputs only)")

@@ -34,7 +34,7 @@ def make_sample(kind: str):
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="segment the bundled sample CT with the default model")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--model", default=None, help="weights file (default: the bundled default model)")
+    p.add_argument("--model", default=None, help="weights .safetensors or two-stage bundle .json (default: the bundled default model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--sample", default="template", choices=["template", "procedural"],
                    help="which bundled synthetic sample (default: template = real anatomy, synthetic intensities)")

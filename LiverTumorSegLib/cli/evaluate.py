@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g = p.add_argument_group("folder mode (segment and evaluate every case of a split)")
     g.add_argument("--data", default=None, help="data folder (LiTS, Decathlon or image/label pairs)")
-    g.add_argument("--model", default=None, help="weights file (default: the bundled default model)")
+    g.add_argument("--model", default=None, help="weights .safetensors or two-stage bundle .json (default: the bundled default model)")
     g.add_argument("--out", default=None, help="output folder for cases.csv, tumours.csv, summary.json/.md")
     g.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="which split (default: test)")
     g.add_argument("--seed", type=int, default=None,

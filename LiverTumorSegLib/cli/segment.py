@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="labelmap to write: .nii.gz, .nii, .nrrd, .mha, or .seg.nrrd (Slicer segmentation)")
     p.add_argument("--model", default=None, metavar="WEIGHTS",
-                   help="weights .safetensors (with its .json sidecar); default: the bundled model")
+                   help="weights .safetensors (one network, with its .json sidecar) or a two-stage bundle .json; "
+                        "default: the bundled model")
     p.add_argument("--report", default=None, metavar="REPORT.json", help="also write the JSON report here")
     p.add_argument("--probabilities", default=None, metavar="PROBS",
                    help="also write the network's probabilities on the input grid (.nii.gz, .nii, .nrrd or .mha): "
