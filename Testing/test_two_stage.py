@@ -251,3 +251,38 @@ def test_default_model_resolves_to_a_bundle_when_the_package_has_one(tmp_path, m
     # a v1-style default (default.json a single-stage sidecar) is not a bundle: v1 loading is unchanged
     monkeypatch.setattr(weights, "DEFAULT_BUNDLE", tmp_path / "default-locator.json")
     assert weights.bundle_path(None) is None
+
+
+def test_two_stage_report_has_confidences_quality_and_probabilities(tmp_path):
+    """A bundle's result carries what a single network's does: per-tumour confidence, quality flags
+    (synthetic_training read from the BUNDLE's sidecar) and --probabilities on the input grid,
+    zero outside the locator's box."""
+    from LiverTumorSegLib.image_io import write_image
+
+    b = make_bundle(tmp_path / "b", segmenter_bias=(0, 0, 5), name="tum", training_data={"kind": "synthetic"})
+    case = synthetic(size=(100, 90, 16), spacing=(3.0, 3.0, 5.0))
+    ct = tmp_path / "ct.nii.gz"
+    write_image(case.image, ct)
+    out, rep, probs = tmp_path / "seg.nii.gz", tmp_path / "r.json", tmp_path / "p.nrrd"
+    proc = subprocess.run([sys.executable, "-m", "LiverTumorSegLib", "segment", str(ct), "-o", str(out),
+                           "--model", str(b), "--report", str(rep), "--probabilities", str(probs),
+                           "--device", "cpu", "--threads", "1", "--progress", "none",
+                           "--no-tumour-in-liver", "--min-tumour-ml", "0"],
+                          capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": ""},
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(rep.read_text())
+    assert "synthetic_training" in {f["code"] for f in report["quality"]}
+    expected = float(np.exp(5.0) / (np.exp(5.0) + 2.0))  # the segmenter's constant softmax P(tumour)
+    assert report["tumours"] and all(t["confidence"] == pytest.approx(expected, abs=2e-3) for t in report["tumours"])
+    p = sitk.ReadImage(str(probs))
+    assert p.GetSize() == case.image.GetSize() and p.GetNumberOfComponentsPerPixel() == 2
+    np.testing.assert_allclose(p.GetOrigin(), case.image.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(p.GetDirection(), case.image.GetDirection(), atol=1e-9)
+    arr = sitk.GetArrayFromImage(p)  # (z, y, x, 2)
+    (x0, x1), (y0, y1), (z0, z1) = report["two_stage"]["box_index_xyz"]
+    inside = np.zeros(arr.shape[:3], bool)
+    inside[z0:z1, y0:y1, x0:x1] = True
+    assert np.all(arr[~inside] == 0)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert np.all(arr[labels == 2, 1] > 0.5)

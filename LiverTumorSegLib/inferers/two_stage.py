@@ -155,6 +155,10 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
     shape_zyx = tuple(int(v) for v in image.GetSize()[::-1])
     labels = np.zeros(shape_zyx, dtype=np.uint8)
     probabilities = None
+    # (P(liver parenchyma), P(tumour)) on the whole input grid, 0 outside the box: the report's
+    # confidences and quality flags and ``segment --probabilities`` read them as for one stage
+    p_liver_in = np.zeros(shape_zyx, dtype=np.float16)
+    p_tumour_in = np.zeros(shape_zyx, dtype=np.float16)
     compute: dict = {"device": compute1.get("device"), "windows": 0, "locator": compute1}
     pp_info = None
     if box is None:
@@ -172,6 +176,9 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
         t = time.perf_counter()
         (x0, x1), (y0, y1), (z0, z1) = box
         labels[z0:z1, y0:y1, x0:x1] = sitk.GetArrayViewFromImage(res.labelmap)
+        if res.input_probabilities is not None:
+            p_liver_in[z0:z1, y0:y1, x0:x1] = res.input_probabilities[0]
+            p_tumour_in[z0:z1, y0:y1, x0:x1] = res.input_probabilities[1]
         if res.probabilities is not None:
             probabilities = np.zeros((3,) + shape_zyx, dtype=np.float32)
             probabilities[0] = 1.0
@@ -195,9 +202,11 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
         notes=notes, input_path=input_path,
         extra={"compute": compute, "options": opts.to_dict(), "no_liver": no_liver,
                "two_stage": {"liver_found": box is not None, **box_info}},
+        probabilities=(p_liver_in, p_tumour_in), model_metadata=bundle.metadata,
     )
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     reporter.report("postprocess", 1.0, "done")
-    return SegmentationResult(labelmap=labelmap, report=report, timings=timings, probabilities=probabilities)
+    return SegmentationResult(labelmap=labelmap, report=report, timings=timings, probabilities=probabilities,
+                              input_probabilities=(p_liver_in, p_tumour_in))
