@@ -478,3 +478,29 @@ def test_failed_run_leaves_no_folder(cache_dir, tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError):
         train(tiny_cfg(epochs=1), cache_dir, out2, log=QUIET)
     assert out2.is_dir() and list(out2.iterdir()) == []
+
+
+def test_packed_checkpoint_resumes(cache_dir, tmp_path):
+    """training/default_model/v2/pack_checkpoint.py: a run packed for committing (Adam moments in
+    bfloat16, weights exact) resumes with train.py --resume like the run itself, the moments back
+    in float32."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("pack_checkpoint", REPO / "training/default_model/v2/pack_checkpoint.py")
+    pack_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack_mod)
+    cfg = tiny_cfg(epochs=2, patch_size=[8, 32, 32], val_max_cases=1)
+    train(cfg.with_updates({"epochs": 1}), cache_dir, tmp_path / "run", log=QUIET)
+    pack_mod.pack(tmp_path / "run", tmp_path / "packed")
+    full = load_file(str(tmp_path / "run" / "last.optim.safetensors"))
+    packed = load_file(str(tmp_path / "packed" / "last.optim.safetensors"))
+    moments = [k for k in full if k.startswith("state/") and full[k].ndim > 0]
+    assert moments and all(packed[k].dtype == torch.bfloat16 for k in moments)
+    assert (tmp_path / "packed" / "last.optim.safetensors").stat().st_size < 0.6 * (
+        tmp_path / "run" / "last.optim.safetensors").stat().st_size
+    train(cfg, cache_dir, tmp_path / "packed", resume=tmp_path / "packed", log=QUIET)
+    assert json.loads((tmp_path / "packed" / "last.optim.json").read_text())["epoch"] == 2
+    resumed = load_file(str(tmp_path / "packed" / "last.optim.safetensors"))
+    assert all(resumed[k].dtype == torch.float32 for k in moments)
