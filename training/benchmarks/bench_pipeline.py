@@ -112,6 +112,19 @@ def run_pipeline(image, loaded, options, label: str) -> dict:
     return out
 
 
+def best_of_runs(image, order, options, repeat: int) -> dict:
+    """Run each pipeline of ``order`` ``repeat`` times, alternating (machines are noisy): per label
+    the fastest run, with the highest peak memory seen."""
+    best: dict = {}
+    for _ in range(max(1, repeat)):
+        for label, lm in order:
+            r = run_pipeline(image, lm, options, f"{label} ({lm.metadata.get('name')})")
+            print(json.dumps(r), flush=True)
+            if label not in best or r["wall_s"] < best[label]["wall_s"]:
+                best[label] = {**r, "peak_rss_gb": max(r["peak_rss_gb"], best.get(label, {}).get("peak_rss_gb", 0))}
+    return best
+
+
 def interleaved_window_ratio(model, other, window, n: int) -> dict:
     """Forward time of one window, model and comparator alternately (A B A B ...): both see the
     same moments of a shared CPU, so the median ratio is robust to other processes' load."""
@@ -227,14 +240,7 @@ def main(argv=None) -> int:
     order = [("model", loaded)] + ([("segresnet", seg)] if seg else [])
     if args.segresnet_first:
         order.reverse()
-    best: dict = {}
-    for _ in range(max(1, args.repeat)):
-        for label, lm in order:
-            r = run_pipeline(case.image, lm, options, f"{label} ({lm.metadata.get('name')})")
-            print(json.dumps(r), flush=True)
-            if label not in best or r["wall_s"] < best[label]["wall_s"]:
-                peak = max(r["peak_rss_gb"], best.get(label, {}).get("peak_rss_gb", 0))
-                best[label] = {**r, "peak_rss_gb": peak}
+    best = best_of_runs(case.image, order, options, args.repeat)
     runs = [best[label] for label, _ in order]
 
     if seg is not None and args.window_pairs > 0:
@@ -331,13 +337,7 @@ def two_stage_main(args) -> int:
         order.append(("segresnet", LoadedModel(model=net, metadata={"name": "SegResNet(init_filters=16), paper grid"},
                                                preprocessing=PreprocessingConfig(), path=Path("segresnet"),
                                                sha256="-")))
-    best: dict = {}
-    for _ in range(max(1, args.repeat)):
-        for label, lm in order:
-            r = run_pipeline(case.image, lm, options, f"{label} ({lm.metadata.get('name')})")
-            print(json.dumps(r), flush=True)
-            if label not in best or r["wall_s"] < best[label]["wall_s"]:
-                best[label] = {**r, "peak_rss_gb": max(r["peak_rss_gb"], best.get(label, {}).get("peak_rss_gb", 0))}
+    best = best_of_runs(case.image, order, options, args.repeat)
     runs = [best[label] for label, _ in order]
     ts = best["two-stage"]
     tim = ts["timings_s"]
