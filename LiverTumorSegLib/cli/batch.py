@@ -13,13 +13,7 @@ import argparse
 import sys
 
 from ..options import SegmentOptions
-from ..utils.options import add_arguments, from_args, option_fields, positive_int
-
-
-def _get_option(obj, path):
-    for part in path:
-        obj = getattr(obj, part)
-    return obj
+from ..utils.options import add_arguments, changed_options, from_args, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,10 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import BatchSettings, discover_cases, run_batch
 
     chosen = from_args(SegmentOptions, args)
-    defaults = option_fields(SegmentOptions)
-    flat = {name: _get_option(chosen, o.path) for name, o in defaults.items()}
     # only what differs from the defaults travels (and keys the manifest); device/threads apart
-    options = {k: v for k, v in flat.items() if v != defaults[k].default and k not in ("device", "threads")}
+    options = {k: v for k, v in changed_options(chosen).items() if k not in ("device", "threads")}
     settings = BatchSettings(
         model=args.model, device=chosen.device, options=options, labelmap_ext=args.labelmap_ext,
         dicom_seg=bool(args.dicom_seg or args.dicom_sr), dicom_sr=bool(args.dicom_sr),

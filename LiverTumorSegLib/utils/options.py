@@ -37,7 +37,7 @@ from typing import Any, Iterator, Optional, Sequence
 from ..errors import ConfigError
 
 __all__ = ["OptionField", "option_fields", "option_names", "add_arguments", "from_args", "to_cli_args",
-           "with_overrides", "positive_int", "unit_interval", "non_negative", "finite_float"]
+           "with_overrides", "changed_options", "positive_int", "unit_interval", "non_negative", "finite_float"]
 
 
 # ------------------------------------------------------------------ argparse value types
@@ -137,6 +137,12 @@ def _get(obj: Any, path: Sequence[str]) -> Any:
     for p in path:
         obj = getattr(obj, p)
     return obj
+
+
+def changed_options(obj: Any) -> dict[str, Any]:
+    """``{name: value}`` of the options (nested included) that differ from their defaults: what
+    a batch manifest keys on and a worker process needs to rebuild ``obj`` with :func:`with_overrides`."""
+    return {o.name: v for o in option_fields(obj).values() if (v := _get(obj, o.path)) != o.default}
 
 
 def with_overrides(obj: Any, **overrides: Any) -> Any:
