@@ -241,6 +241,7 @@ def load_model(path: Union[str, Path, None] = None, device: Union[str, torch.dev
 #                               "preprocessing": {...}},
 #                 "segmenter": {...}},
 #      "box_margin_mm": 20.0, "liver_threshold": 0.5, "min_liver_ml": 5.0,
+#      "min_locator_extent_mm": 24.0  (a thinner scan skips stage 1: see inferers/two_stage.py),
 #      "inference": {"window": [...]}  (stage 2's; the locator's own is in its sidecar),
 #      "labels": {...}, ...}
 BUNDLE_FORMAT_VERSION = 2
@@ -248,6 +249,9 @@ BUNDLE_KIND = "two_stage"
 BUNDLE_STAGES = ("locator", "segmenter")
 DEFAULT_BUNDLE = RESOURCE_MODELS / "default.json"
 DEFAULT_BOX_MARGIN_MM = 20.0
+# a scan thinner than this along any axis (mm) skips the locator: 6 voxels of its 4 mm grid, the
+# least its three poolings can see (a 3-slice scan is one locator voxel thick)
+DEFAULT_MIN_LOCATOR_EXTENT_MM = 24.0
 
 
 @dataclass
@@ -265,6 +269,7 @@ class TwoStageModel:
     box_margin_mm: float = DEFAULT_BOX_MARGIN_MM
     liver_threshold: float = 0.5
     min_liver_ml: float = 5.0
+    min_locator_extent_mm: float = DEFAULT_MIN_LOCATOR_EXTENT_MM
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     kind: str = BUNDLE_KIND
 
@@ -279,7 +284,8 @@ class TwoStageModel:
     def identity(self) -> dict:
         return {"name": self.name, "version": self.metadata.get("version"), "sha256": self.sha256,
                 "path": str(self.path), "kind": self.kind,
-                "stages": {k: v.identity() for k, v in self.stages.items()}, "box_margin_mm": self.box_margin_mm}
+                "stages": {k: v.identity() for k, v in self.stages.items()}, "box_margin_mm": self.box_margin_mm,
+                "min_locator_extent_mm": self.min_locator_extent_mm}
 
 
 def _read_json(path: Path) -> Any:
@@ -395,6 +401,7 @@ def load_bundle(path: Union[str, Path], device: Union[str, torch.device] = "cpu"
         locator=loaded["locator"], segmenter=loaded["segmenter"], metadata=meta, path=path.resolve(),
         sha256=sha256_file(path), box_margin_mm=_positive(meta, "box_margin_mm", DEFAULT_BOX_MARGIN_MM, path),
         liver_threshold=threshold, min_liver_ml=_positive(meta, "min_liver_ml", 5.0, path),
+        min_locator_extent_mm=_positive(meta, "min_locator_extent_mm", DEFAULT_MIN_LOCATOR_EXTENT_MM, path),
         device=loaded["segmenter"].device,
     )
 
@@ -403,7 +410,7 @@ def save_bundle(path: Union[str, Path], locator: Union[str, Path], segmenter: Un
                 metadata: Optional[Mapping[str, Any]] = None, overwrite: bool = True) -> Path:
     """Write a two-stage bundle ``path`` (.json) naming two single-stage weights files that lie
     beside it (copy them there first). ``metadata`` may hold ``name``, ``version``,
-    ``box_margin_mm``, ``liver_threshold``, ``min_liver_ml``, ``inference`` and anything
+    ``box_margin_mm``, ``liver_threshold``, ``min_liver_ml``, ``min_locator_extent_mm``, ``inference`` and anything
     JSON-serialisable (training provenance). The bundle is verified by loading it."""
     from . import LABELS
 
@@ -430,6 +437,7 @@ def save_bundle(path: Union[str, Path], locator: Union[str, Path], segmenter: Un
         "box_margin_mm": float(meta.pop("box_margin_mm", DEFAULT_BOX_MARGIN_MM)),
         "liver_threshold": float(meta.pop("liver_threshold", 0.5)),
         "min_liver_ml": float(meta.pop("min_liver_ml", 5.0)),
+        "min_locator_extent_mm": float(meta.pop("min_locator_extent_mm", DEFAULT_MIN_LOCATOR_EXTENT_MM)),
         "labels": {str(k): v for k, v in LABELS.items()},
     }
     inference = meta.pop("inference", None) or ({"window": list(seg_window)} if seg_window else None)

@@ -186,6 +186,40 @@ def test_no_liver_from_the_command_line_exits_0(bundles, tmp_path):
     assert not sitk.GetArrayViewFromImage(sitk.ReadImage(str(out))).any()
 
 
+def test_thin_scan_skips_the_locator_and_segments_the_whole_scan(bundles):
+    """A 3-slice scan (under the locator's minimum extent) skips stage 1 -- here a locator that
+    would say "no liver" -- and stage 2 runs on every voxel; a scan 1 mm thicker than the limit
+    still goes through the locator."""
+    m = load_model(bundles["none"])
+    assert m.min_locator_extent_mm == 24.0
+    full = synthetic().image  # 150 x 130 x 56 at 2.6 x 2.6 x 4.5 mm
+    thin = sitk.RegionOfInterest(full, [150, 130, 3], [0, 0, 26])  # 13.5 mm thin along z
+    r = segment(thin, m, SegmentOptions(**OPTS))
+    ts = r.report["two_stage"]
+    assert ts["locator_skipped"] == "thin_scan" and ts["liver_found"] is None
+    assert ts["thinnest_extent_mm"] == 13.5 and ts["box_index_xyz"] == [[0, 150], [0, 130], [0, 3]]
+    alone = segment(thin, m.segmenter, SegmentOptions(**OPTS))  # stage 2 by itself on the whole scan
+    assert r.report["no_liver"] is False and (sitk.GetArrayViewFromImage(r.labelmap) == 1).mean() > 0.3
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(r.labelmap), sitk.GetArrayViewFromImage(alone.labelmap))
+    assert any("skipped" in n and "13.5 mm" in n for n in r.report["notes"])
+    assert "stage1_inference" not in r.report["timings_s"] and r.report["timings_s"]["stage2_inference"] >= 0
+    assert r.labelmap.GetOrigin() == thin.GetOrigin() and r.labelmap.GetDirection() == thin.GetDirection()
+
+    thick = sitk.RegionOfInterest(full, [150, 130, 6], [0, 0, 24])  # 27 mm: the locator runs
+    r = segment(thick, m, SegmentOptions(**OPTS))
+    assert "locator_skipped" not in r.report["two_stage"] and r.report["no_liver"] is True
+
+
+def test_min_locator_extent_is_read_from_the_bundle_and_checked(tmp_path):
+    b = make_bundle(tmp_path / "a", min_locator_extent_mm=0.0)  # 0: never skip the locator
+    m = load_model(b)
+    assert m.min_locator_extent_mm == 0.0 and json.loads(b.read_text())["min_locator_extent_mm"] == 0.0
+    meta = json.loads(b.read_text())
+    meta["min_locator_extent_mm"] = -1
+    b.write_text(json.dumps(meta))
+    _one_line_error(b, "min_locator_extent_mm")
+
+
 # ----------------------------------------------------------------------------- geometry
 def _same_physical_voxels(img: sitk.Image, how: str) -> sitk.Image:
     """The same voxels (same physical centres) stored in another index order."""

@@ -14,6 +14,11 @@
 
 No liver (nothing above threshold, or less than ``min_liver_ml``): an empty segmentation and
 a report that says so (``"no_liver": true`` and a note); never a tumour, never an error.
+
+Thin scans: a scan thinner than ``min_locator_extent_mm`` along any axis (e.g. 3 slices of
+1 mm: less than one voxel of the locator's 4 mm grid) gives the locator too little to see, so
+stage 1 is skipped and stage 2 runs on the whole scan; the report says so
+(``two_stage.locator_skipped``) and a note tells the user to check the result.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ import SimpleITK as sitk
 from ..progress import ProgressReporter
 
 STAGE1_SHARE = 0.9  # share of the "preprocess" progress phase used by stage 1 (stage 2's preprocessing: the rest)
+THIN_SCAN_NOTE = ("the scan is {extent:.1f} mm thin along one axis, under the {limit:.0f} mm the liver locator "
+                  "(stage 1) needs: it was skipped and the segmenter (stage 2) ran on the whole scan; check that "
+                  "what it calls liver is liver")
 NO_LIVER_NOTE = ("no liver found by the liver locator (stage 1): empty segmentation; the scan may not contain "
                  "the liver (e.g. a head or chest-only CT)")
 
@@ -129,6 +137,15 @@ def liver_box(p_liver: np.ndarray, grid: sitk.Image, image: sitk.Image, margin_m
     return box, info
 
 
+def thinnest_extent_mm(image: sitk.Image) -> float:
+    """The scan's smallest physical extent along its index axes (voxel count x spacing)."""
+    return float(min(n * sp for n, sp in zip(image.GetSize(), image.GetSpacing())))
+
+
+def whole_image_box(image: sitk.Image) -> tuple[tuple[int, int], ...]:
+    return tuple((0, int(n)) for n in image.GetSize())
+
+
 def crop(image: sitk.Image, box: tuple[tuple[int, int], ...]) -> sitk.Image:
     """The input voxels inside the index box, with their exact geometry (shifted origin)."""
     return sitk.RegionOfInterest(image, [b - a for a, b in box], [a for a, _ in box])
@@ -140,17 +157,28 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
     from ..inference import SegmentationResult, _segment
     from ..report import build_report
 
-    # stage 1: the locator sees the whole CT; the user's --window is meant for stage 2
-    stage1_opts = replace(opts, window=None, return_probabilities=False)
-    p_liver, grid, compute1, t1 = locate(image, bundle.locator, stage1_opts, device,
-                                         _MappedReporter(reporter, _stage1_map), notes)
-    timings["stage1_preprocess"], timings["stage1_inference"] = t1["preprocess"], t1["inference"]
-    t = time.perf_counter()
-    box, box_info = liver_box(p_liver, grid, image, bundle.box_margin_mm, bundle.liver_threshold,
-                              bundle.min_liver_ml)
-    del p_liver
-    timings["stage1_box"] = time.perf_counter() - t
-    reporter.report("preprocess", STAGE1_SHARE, "liver located" if box else "no liver found")
+    extent = thinnest_extent_mm(image)
+    limit = float(getattr(bundle, "min_locator_extent_mm", 0.0) or 0.0)
+    if extent < limit:  # too thin for the coarse locator: stage 2 sees the whole scan
+        notes.append(THIN_SCAN_NOTE.format(extent=extent, limit=limit))
+        box = whole_image_box(image)
+        box_info = {"locator_skipped": "thin_scan", "thinnest_extent_mm": round(extent, 2),
+                    "min_locator_extent_mm": limit, "box_index_xyz": [list(b) for b in box],
+                    "box_fraction_of_image": 1.0}
+        compute1 = {"device": None, "windows": 0, "skipped": True}
+        reporter.report("preprocess", STAGE1_SHARE, "scan too thin for the liver locator: whole scan")
+    else:
+        # stage 1: the locator sees the whole CT; the user's --window is meant for stage 2
+        stage1_opts = replace(opts, window=None, return_probabilities=False)
+        p_liver, grid, compute1, t1 = locate(image, bundle.locator, stage1_opts, device,
+                                             _MappedReporter(reporter, _stage1_map), notes)
+        timings["stage1_preprocess"], timings["stage1_inference"] = t1["preprocess"], t1["inference"]
+        t = time.perf_counter()
+        box, box_info = liver_box(p_liver, grid, image, bundle.box_margin_mm, bundle.liver_threshold,
+                                  bundle.min_liver_ml)
+        del p_liver
+        timings["stage1_box"] = time.perf_counter() - t
+        reporter.report("preprocess", STAGE1_SHARE, "liver located" if box else "no liver found")
 
     shape_zyx = tuple(int(v) for v in image.GetSize()[::-1])
     labels = np.zeros(shape_zyx, dtype=np.uint8)
@@ -201,7 +229,8 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
         labelmap, model=bundle.identity(), device=compute.get("device"), timings=timings, postprocessing=pp_info,
         notes=notes, input_path=input_path,
         extra={"compute": compute, "options": opts.to_dict(), "no_liver": no_liver,
-               "two_stage": {"liver_found": box is not None, **box_info}},
+               "two_stage": {"liver_found": None if "locator_skipped" in box_info else box is not None,
+                             **box_info}},
         probabilities=(p_liver_in, p_tumour_in), model_metadata=bundle.metadata,
     )
     timings["report"] = time.perf_counter() - t
