@@ -30,6 +30,10 @@ from LiverTumorSegLib.errors import LiverTumorSegError  # noqa: E402
 from LiverTumorSegLib.utils.files import atomic_write, atomic_write_json, sha256_file, sidecar_path  # noqa: E402
 from LiverTumorSegLib.weights import DEFAULT_BOX_MARGIN_MM, save_bundle  # noqa: E402
 
+V2_DATA = ("synthetic CT only, built on the anatomy of one real patient (lung bases to pelvis, TotalSegmentator "
+           "classes) with a procedural chest and procedural phantoms (training/default_model/v2/DATA.md); never "
+           "patient data with expert labels")
+
 
 def copy_stage(run: Path, which: str, dest: Path, name: str, stage: str) -> Path:
     src = run / f"{which}.safetensors"
@@ -73,12 +77,21 @@ def main(argv=None) -> int:
     p.add_argument("--min-liver-ml", type=float, default=5.0)
     p.add_argument("--locator-checkpoint", choices=("best", "last"), default="last")
     p.add_argument("--segmenter-checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--data-description", default=V2_DATA, help="training_data.description in the bundle sidecar")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     loc = copy_stage(args.locator_run, args.locator_checkpoint, args.out / f"{args.name}-locator.safetensors",
                      args.model_name, "locator")
     seg = copy_stage(args.segmenter_run, args.segmenter_checkpoint, args.out / f"{args.name}-segmenter.safetensors",
                      args.model_name, "segmenter")
+    kinds = {(json.loads(sidecar_path(w).read_text()).get("training_data") or {}).get("kind") for w in (loc, seg)}
+    # the bundle's quality flags read training_data from the bundle sidecar: the stages' kind when both
+    # state one ("mixed" when they differ); nothing when a stage does not say
+    training_data = None
+    if None not in kinds:
+        training_data = {"kind": kinds.pop() if len(kinds) == 1 else "mixed", "model_card": "MODEL_CARD.md"}
+        if args.data_description:
+            training_data["description"] = args.data_description
     try:
         bundle = save_bundle(args.out / f"{args.name}.json", loc, seg, {
             "name": args.model_name, "version": args.version, "box_margin_mm": args.box_margin_mm,
@@ -86,6 +99,7 @@ def main(argv=None) -> int:
             "training": {"locator": _provenance(args.locator_run, args.locator_checkpoint),
                          "segmenter": _provenance(args.segmenter_run, args.segmenter_checkpoint),
                          "recipe": "training/default_model/v2/build.sh"},
+            **({"training_data": training_data} if training_data else {}),
             "intended_use": "research and demonstration only; not for clinical use",
         })
     except LiverTumorSegError as exc:

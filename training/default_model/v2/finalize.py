@@ -217,6 +217,38 @@ def markdown(ev: dict, ident: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_model(loaded, options, args, real_data: Optional[Path]) -> dict:
+    """Every score of one model (a bundle or single-stage weights) on the held-out cases."""
+    syn = evaluate_synthetic(loaded, options, args.n_template, args.n_procedural, args.n_wholefov,
+                             args.n_wholefov_clean)
+    real = evaluate_real(loaded, options, real_data) if real_data else []
+    return {"bundle": loaded.identity(), "options": options.to_dict(), "synthetic": syn, "real": real,
+            "summary": summarise(syn, real)}
+
+
+def comparison_markdown(evs: dict) -> str:
+    """Models side by side on the same held-out cases (the summary rows of ``summarise``)."""
+    names = list(evs)
+    rows = [("held-out synthetic liver Dice", lambda s, e: _f(s["synthetic_liver_dice_mean"])),
+            ("held-out synthetic tumour Dice", lambda s, e: _f(s["synthetic_tumour_dice_mean"]))]
+    for b, _, _ in DIAMETER_BINS:
+        rows.append((f"detection {b} mm", lambda s, e, b=b: (
+            f"{s['detection_by_diameter_mm'][b]['detected']}/{s['detection_by_diameter_mm'][b]['n']}")))
+    rows.append(("false-positive tumours per case", lambda s, e: _f(s["fp_tumours_per_case"], ".2f")))
+    rows.append(("... per case without tumours", lambda s, e: _f(s["fp_tumours_per_case_without_tumours"], ".2f")))
+    cases = sorted({c["case"] for e in evs.values() for c in e["real"]})
+    for case in cases:
+        rows.append((f"{case}: liver Dice / tumour mL", lambda s, e, case=case: next(
+            (f"{_f(c['liver']['dice']) if 'liver' in c else str(c.get('pred_liver_ml')) + ' mL liver'} / "
+             f"{_f(c['pred_tumour_ml'], '.2f')}" for c in e["real"] if c["case"] == case), "-")))
+    rows.append(("mean seconds per synthetic case", lambda s, e: _f(float(np.mean([c["seconds"] for c in e["synthetic"]]))
+                                                                  if e["synthetic"] else None, ".1f")))
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, fn in rows:
+        lines.append(f"| {label} | " + " | ".join(fn(evs[n]["summary"], evs[n]) for n in names) + " |")
+    return "\n".join(lines)
+
+
 def install(bundle: Path) -> Path:
     meta = json.loads(bundle.read_text())
     files = [bundle] + [bundle.parent / meta["stages"][s]["file"] for s in ("locator", "segmenter")]
@@ -247,21 +279,30 @@ def main(argv=None) -> int:
     p.add_argument("--n-wholefov-clean", type=int, default=3, help="held-out whole-field-of-view cases without lesions")
     p.add_argument("--device", default="auto")
     p.add_argument("--install", action="store_true", help="install the bundle as the package's default model")
+    p.add_argument("--compare", type=Path, default=None, metavar="WEIGHTS",
+                   help="also score these weights (e.g. v1's default.safetensors) on the same cases and write "
+                        "WORK/comparison.md (side by side)")
+    p.add_argument("--tumour-threshold", type=float, default=None,
+                   help="score with this tumour threshold instead of the bundle's recommended one / argmax")
     args = p.parse_args(argv)
     loaded = load_model(args.bundle)
     if not isinstance(loaded, TwoStageModel):
         raise SystemExit(f"finalize: {args.bundle} is not a two-stage bundle")
-    options = SegmentOptions(device=args.device)
+    options = SegmentOptions(device=args.device, tumour_threshold=args.tumour_threshold)
     real_data = args.real_data if args.real_data.is_dir() else None
-    syn = evaluate_synthetic(loaded, options, args.n_template, args.n_procedural, args.n_wholefov,
-                             args.n_wholefov_clean)
-    real = evaluate_real(loaded, options, real_data) if real_data else []
-    ev = {"bundle": loaded.identity(), "synthetic": syn, "real": real, "summary": summarise(syn, real)}
     args.work.mkdir(parents=True, exist_ok=True)
+    ev = evaluate_model(loaded, options, args, real_data)
     atomic_write_json(args.work / "evaluation.json", ev, overwrite=True)
     table = markdown(ev, loaded.identity())
     atomic_write_text(args.work / "evaluation.md", table + "\n", overwrite=True)
     print(table)
+    if args.compare is not None:
+        other = load_model(args.compare)
+        ev_other = evaluate_model(other, SegmentOptions(device=args.device), args, real_data)
+        atomic_write_json(args.work / "evaluation_compare.json", ev_other, overwrite=True)
+        cmp_table = comparison_markdown({loaded.name: ev, other.name: ev_other})
+        atomic_write_text(args.work / "comparison.md", cmp_table + "\n", overwrite=True)
+        print(cmp_table)
     if args.install:
         path = install(args.bundle)
         card = path.parent / "MODEL_CARD.md"
