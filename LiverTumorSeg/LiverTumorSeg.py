@@ -859,14 +859,11 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         return volume, labels
 
     def _model(self):
-        """The bundled default weights when present, else a tiny random model in a temp folder."""
-        default = os.path.join(os.path.dirname(MODULE_DIR), "LiverTumorSegLib", "resources", "models",
-                               "default.safetensors")
-        spec = importlib.util.find_spec("LiverTumorSegLib")
-        if spec and spec.submodule_search_locations:
-            default = os.path.join(list(spec.submodule_search_locations)[0], "resources", "models",
-                                   "default.safetensors")
-        if os.path.isfile(default):
+        """The bundled default model (two-stage bundle or single-stage weights) when present, else
+        a tiny random model in a temp folder."""
+        from LiverTumorSegLib.weights import DEFAULT_WEIGHTS, bundle_path
+
+        if bundle_path(None) is not None or DEFAULT_WEIGHTS.is_file():
             return None
         import tempfile
 
