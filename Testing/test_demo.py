@@ -6,15 +6,23 @@ import json
 import SimpleITK as sitk
 
 from LiverTumorSegLib.cli import main
-from LiverTumorSegLib.weights import DEFAULT_WEIGHTS, load_model
+from LiverTumorSegLib.weights import DEFAULT_BUNDLE, DEFAULT_WEIGHTS, RESOURCE_MODELS, TwoStageModel, load_model
 
 
-def test_default_model_is_bundled_and_loads():
-    loaded = load_model()  # no path: the bundled default, checksum verified
-    assert loaded.path == DEFAULT_WEIGHTS
-    assert loaded.metadata["name"] == "livertumorseg-default-v1"
+def test_default_model_is_the_two_stage_v2_bundle_and_loads():
+    loaded = load_model()  # no path: the bundled default, every stage's checksum verified
+    assert isinstance(loaded, TwoStageModel) and loaded.path == DEFAULT_BUNDLE.resolve()
+    assert loaded.metadata["name"] == "livertumorseg-default-v2"
+    loc, seg = loaded.locator.metadata["model_config"], loaded.segmenter.metadata["model_config"]
+    assert loc["features"] == [8, 16, 32, 64] and not loc["use_mce"] and not loc["codebook"]  # build_model("locator")
+    assert seg["features"] == [16, 32, 64, 128] and seg["use_mce"] and seg["codebook"]  # the paper's full model
+    assert loaded.segmenter.preprocessing.inplane_spacing == 1.5 and loaded.segmenter.preprocessing.z_spacing == 2.0
+    assert loaded.locator.preprocessing.inplane_spacing == 4.0
     assert loaded.metadata["inference"]["window"] == [32, 96, 96]
-    assert DEFAULT_WEIGHTS.stat().st_size < 10 * 1024 * 1024
+    assert loaded.metadata["training_data"]["kind"] == "synthetic"  # the synthetic_training quality flag
+    assert not DEFAULT_WEIGHTS.exists(), "v1 is retired: the package ships only the v2 bundle"
+    for f in RESOURCE_MODELS.glob("default*.safetensors"):
+        assert f.stat().st_size < 8 * 1024 * 1024, f
 
 
 def test_demo_writes_every_output_and_segments_the_liver(tmp_path, capsys):

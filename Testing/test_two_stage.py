@@ -186,6 +186,39 @@ def test_no_liver_from_the_command_line_exits_0(bundles, tmp_path):
     assert not sitk.GetArrayViewFromImage(sitk.ReadImage(str(out))).any()
 
 
+def test_a_few_ml_of_stage2_liver_is_no_liver(bundles, monkeypatch):
+    """Stage 1 found a liver, but stage 2 labels only a few mL in its box (under the bundle's
+    min_liver_ml, the floor stage 1 applies too): an empty segmentation that says why."""
+    import LiverTumorSegLib.inference as inference
+
+    real_segment = inference._segment
+
+    def tiny_liver(image, *a, **k):  # the real stage 2, then all but an 8-voxel cube removed
+        res = real_segment(image, *a, **k)
+        lab = sitk.GetArrayFromImage(res.labelmap)
+        keep = np.zeros_like(lab)
+        keep[10:12, 40:42, 40:42] = lab[10:12, 40:42, 40:42]
+        out = sitk.GetImageFromArray(keep)
+        out.CopyInformation(res.labelmap)
+        res.labelmap = out
+        return res
+
+    case = synthetic()
+    monkeypatch.setattr(two_stage, "locate", _oracle_locate(case.label))
+    monkeypatch.setattr(inference, "_segment", tiny_liver)
+    m = load_model(bundles["liver"])
+    r = segment(case.image, m, SegmentOptions(**OPTS, return_probabilities=True))
+    assert not sitk.GetArrayViewFromImage(r.labelmap).any() and r.report["no_liver"] is True
+    voxel_ml = float(np.prod(case.image.GetSpacing())) / 1000.0
+    assert r.report["two_stage"]["stage2_liver_ml_below_min"] == pytest.approx(8 * voxel_ml, abs=1e-3)
+    assert any("under the model's minimum of 5 mL" in n for n in r.report["notes"])
+    np.testing.assert_array_equal(r.probabilities[0], 1.0)
+
+    monkeypatch.setattr(inference, "_segment", real_segment)  # the whole box as liver: kept
+    r = segment(case.image, m, SegmentOptions(**OPTS))
+    assert r.report["no_liver"] is False and "stage2_liver_ml_below_min" not in r.report["two_stage"]
+
+
 def test_thin_scan_skips_the_locator_and_segments_the_whole_scan(bundles):
     """A 3-slice scan (under the locator's minimum extent) skips stage 1 -- here a locator that
     would say "no liver" -- and stage 2 runs on every voxel; a scan 1 mm thicker than the limit

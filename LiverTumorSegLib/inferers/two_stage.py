@@ -12,7 +12,8 @@
    so the geometry stays exact for any orientation) and its labels are put back into the full
    input grid (background outside the box).
 
-No liver (nothing above threshold, or less than ``min_liver_ml``): an empty segmentation and
+No liver (nothing above threshold, or less than ``min_liver_ml`` from stage 1 or, after it, from
+stage 2): an empty segmentation and
 a report that says so (``"no_liver": true`` and a note); never a tumour, never an error.
 
 Thin scans: a scan thinner than ``min_locator_extent_mm`` along any axis (e.g. 3 slices of
@@ -35,6 +36,8 @@ STAGE1_SHARE = 0.9  # share of the "preprocess" progress phase used by stage 1 (
 THIN_SCAN_NOTE = ("the scan is {extent:.1f} mm thin along one axis, under the {limit:.0f} mm the liver locator "
                   "(stage 1) needs: it was skipped and the segmenter (stage 2) ran on the whole scan; check that "
                   "what it calls liver is liver")
+TOO_LITTLE_LIVER_NOTE = ("the segmenter (stage 2) found only {ml:.1f} mL of liver in the located region, under the "
+                         "model's minimum of {limit:g} mL: treated as no liver (empty segmentation)")
 NO_LIVER_NOTE = ("no liver found by the liver locator (stage 1): empty segmentation; the scan may not contain "
                  "the liver (e.g. a head or chest-only CT)")
 
@@ -213,8 +216,19 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
             probabilities[:, z0:z1, y0:y1, x0:x1] = res.probabilities
         compute = {**res.report.get("compute", {}), "locator": compute1}
         pp_info = res.report.get("postprocessing")
-        timings["paste"] = time.perf_counter() - t
         del res, sub
+        liver_ml = float(np.count_nonzero(labels)) * float(np.prod(image.GetSpacing())) / 1000.0
+        if "locator_skipped" not in box_info and 0.0 < liver_ml < bundle.min_liver_ml:
+            # the same floor as stage 1's: a few mL of "liver" in the box is noise, not a liver
+            notes.append(TOO_LITTLE_LIVER_NOTE.format(ml=liver_ml, limit=bundle.min_liver_ml))
+            box_info["stage2_liver_ml_below_min"] = round(liver_ml, 3)
+            labels[:] = 0
+            p_liver_in[:] = 0
+            p_tumour_in[:] = 0
+            if probabilities is not None:
+                probabilities[:] = 0.0
+                probabilities[0] = 1.0
+        timings["paste"] = time.perf_counter() - t
 
     for k in ("preprocess", "inference", "restore", "postprocess"):  # totals, as for one stage
         timings[k] = timings.get(f"stage1_{k}", 0.0) + timings.get(f"stage2_{k}", 0.0)
@@ -223,7 +237,7 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(image)
     no_liver = not bool(labels.any())
-    if box is not None and no_liver:
+    if box is not None and no_liver and "stage2_liver_ml_below_min" not in box_info:
         notes.append("the liver locator found a liver region but the segmenter (stage 2) labelled no liver in it")
     report = build_report(
         labelmap, model=bundle.identity(), device=compute.get("device"), timings=timings, postprocessing=pp_info,

@@ -16,7 +16,7 @@ Targets (2-core CPU): whole volume < 60 s, peak < 4 GB, not slower than the SegR
 ``--two-stage`` times the two-stage pipeline (stage 1 locator on the 4 mm grid over the whole
 CT, stage 2 ``full`` at 1.5 x 1.5 x 2 mm inside the liver box; training/default_model/v2's
 preprocessing and windows; random weights unless ``--bundle B.json``) end to end with per-stage
-costs, against v1 (the package's single-stage default, when present) and MONAI SegResNet at the
+costs, against v1 (the retired single-stage default, training/default_model/v1/weights) and MONAI SegResNet at the
 paper's resolution (in-plane 512 -> 256, 1 mm slices, 48x256x256 windows), same process, same
 image. Random locator weights find no realistic liver, so stage 1 runs for its cost and its
 probabilities are then replaced by the phantom's reference liver on the same grid (the box is
@@ -301,8 +301,9 @@ def two_stage_main(args) -> int:
     from LiverTumorSegLib.models import build_model
     from LiverTumorSegLib.preprocessing import PreprocessingConfig, preprocess_label
     from LiverTumorSegLib.synthetic import make_synthetic_ct
-    from LiverTumorSegLib.weights import DEFAULT_WEIGHTS, LoadedModel, load_model
+    from LiverTumorSegLib.weights import LoadedModel, load_model
 
+    v1_weights = Path(__file__).resolve().parents[1] / "default_model" / "v1" / "weights" / "default-v1.safetensors"
     threads = choose_cpu_threads(args.threads)
     torch.set_num_threads(threads)
     size = tuple(args.size) if tuple(args.size) != (512, 512, 160) else (512, 512, 170)
@@ -329,8 +330,8 @@ def two_stage_main(args) -> int:
         two_stage.locate = locate
     runs = []
     order = [("two-stage", bundle)]
-    if not args.no_v1 and DEFAULT_WEIGHTS.is_file():
-        order.append(("v1", load_model(DEFAULT_WEIGHTS)))
+    if not args.no_v1 and v1_weights.is_file():  # the retired single-stage default
+        order.append(("v1", load_model(v1_weights)))
     if not args.no_segresnet:
         torch.manual_seed(0)
         net = build_model("segresnet").eval().requires_grad_(False)

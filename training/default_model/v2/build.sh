@@ -13,7 +13,7 @@ V2=training/default_model/v2
 WORK=${1:-build/default-model-v2}
 PY=${PY:-.venv/bin/python}
 SMOKE=${SMOKE:-0}
-V1=LiverTumorSegLib/resources/models/default.safetensors
+V1=training/default_model/v1/weights/default-v1.safetensors  # the retired v1 (stage 2 starts from it)
 INIT=${INIT-$V1}
 mkdir -p "$WORK"
 

@@ -65,7 +65,7 @@ def _score(result, reference: sitk.Image) -> dict:
     scores = metrics.evaluate_case(pred, ref, spacing)
     ta = metrics.tumour_analysis(pred, ref, spacing)
     rep = result.report
-    return {**scores, "n_ref_tumours": ta["n_tumours"], "false_positives": ta["false_positives"],
+    return {**scores, "ref_has_liver": bool(ref.any()), "n_ref_tumours": ta["n_tumours"], "false_positives": ta["false_positives"],
             "tumours": [{"diameter_mm": round(float(t["diameter_mm"]), 2), "detected": bool(t["detected"]),
                          "dice": round(float(t["dice"]), 4)} for t in ta["tumours"]],
             "pred_tumour_ml": rep.get("tumour_total_volume_ml"), "pred_liver_ml": rep.get("liver_volume_ml"),
@@ -150,7 +150,10 @@ def summarise(syn: list, real: list) -> dict:
     big = [t for c in syn for t in c["tumours"] if t["diameter_mm"] >= 10]
     s = {
         "synthetic_cases": len(syn),
-        "synthetic_liver_dice_mean": float(np.mean([c["liver"]["dice"] for c in syn])) if syn else None,
+        # cases whose field of view holds no liver have no liver Dice: they are scored by the liver they get
+        "synthetic_liver_dice_mean": float(np.mean([c["liver"]["dice"] for c in syn if c.get("ref_has_liver", True)]))
+        if any(c.get("ref_has_liver", True) for c in syn) else None,
+        "synthetic_no_liver_cases": {c["case"]: c["pred_liver_ml"] for c in syn if not c.get("ref_has_liver", True)},
         "synthetic_tumour_dice_mean": float(np.mean([c["tumor"]["dice"] for c in with_t])) if with_t else None,
         "detection_by_diameter_mm": bins,
         "detection_>=10mm": (sum(t["detected"] for t in big) / len(big)) if big else None,
@@ -192,7 +195,9 @@ def markdown(ev: dict, ident: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for c in ev["synthetic"]:
         det = sum(t["detected"] for t in c["tumours"])
-        lines.append(f"| {c['case']} (held-out synthetic) | {_f(c['liver']['dice'])} | "
+        liver = _f(c["liver"]["dice"]) if c.get("ref_has_liver", True) else (
+            "no liver (correct)" if not c["pred_liver_ml"] else f"{c['pred_liver_ml']:.1f} mL (should be 0)")
+        lines.append(f"| {c['case']} (held-out synthetic) | {liver} | "
                      f"{_f(c['tumor']['dice']) if c['n_ref_tumours'] else 'n/a'} | {c['n_ref_tumours']} ({det}) | "
                      f"{c['false_positives']} | {_f(c['pred_tumour_ml'], '.2f')} | {c['seconds']:.1f} |")
     for c in ev["real"]:
@@ -206,7 +211,8 @@ def markdown(ev: dict, ident: dict) -> str:
     lines.append("| detected | " + " | ".join(
         f"{v['detected']}/{v['n']}" + (f" ({100 * v['rate']:.0f} %)" if v["rate"] is not None else "")
         for v in b.values()) + " |")
-    lines += ["", f"Held-out synthetic: liver Dice {_f(s['synthetic_liver_dice_mean'])}, tumour Dice "
+    lines += ["", f"Held-out synthetic: liver Dice {_f(s['synthetic_liver_dice_mean'])} (cases whose field of view "
+                  f"holds liver), tumour Dice "
                   f"{_f(s['synthetic_tumour_dice_mean'])} (cases with tumours), "
                   f"{_f(s['fp_tumours_per_case'], '.2f')} false-positive tumours per case.", "",
               "| target (issue 9) | met |", "|---|---|"]
@@ -236,6 +242,8 @@ def comparison_markdown(evs: dict) -> str:
             f"{s['detection_by_diameter_mm'][b]['detected']}/{s['detection_by_diameter_mm'][b]['n']}")))
     rows.append(("false-positive tumours per case", lambda s, e: _f(s["fp_tumours_per_case"], ".2f")))
     rows.append(("... per case without tumours", lambda s, e: _f(s["fp_tumours_per_case_without_tumours"], ".2f")))
+    rows.append(("no-liver fields of view: liver found (mL)", lambda s, e: ", ".join(
+        f"{v:.1f}" for v in (s.get("synthetic_no_liver_cases") or {}).values()) or "-"))
     cases = sorted({c["case"] for e in evs.values() for c in e["real"]})
     for case in cases:
         rows.append((f"{case}: liver Dice / tumour mL", lambda s, e, case=case: next(
@@ -284,6 +292,8 @@ def main(argv=None) -> int:
                         "WORK/comparison.md (side by side)")
     p.add_argument("--tumour-threshold", type=float, default=None,
                    help="score with this tumour threshold instead of the bundle's recommended one / argmax")
+    p.add_argument("--compare-evaluation", type=Path, default=None, metavar="JSON",
+                   help="instead of --compare: an evaluation_compare.json written by an earlier run on the same cases")
     args = p.parse_args(argv)
     loaded = load_model(args.bundle)
     if not isinstance(loaded, TwoStageModel):
@@ -296,11 +306,16 @@ def main(argv=None) -> int:
     table = markdown(ev, loaded.identity())
     atomic_write_text(args.work / "evaluation.md", table + "\n", overwrite=True)
     print(table)
-    if args.compare is not None:
-        other = load_model(args.compare)
-        ev_other = evaluate_model(other, SegmentOptions(device=args.device), args, real_data)
-        atomic_write_json(args.work / "evaluation_compare.json", ev_other, overwrite=True)
-        cmp_table = comparison_markdown({loaded.name: ev, other.name: ev_other})
+    if args.compare is not None or args.compare_evaluation is not None:
+        if args.compare is not None:
+            ev_other = evaluate_model(load_model(args.compare), SegmentOptions(device=args.device), args, real_data)
+            atomic_write_json(args.work / "evaluation_compare.json", ev_other, overwrite=True)
+        else:
+            ev_other = json.loads(args.compare_evaluation.read_text())
+            for c in ev_other["synthetic"]:  # written before ref_has_liver existed: same rule as _score
+                c.setdefault("ref_has_liver", c["liver"].get("rvd") is not None)  # RVD needs a reference liver
+            ev_other["summary"] = summarise(ev_other["synthetic"], ev_other["real"])
+        cmp_table = comparison_markdown({loaded.name: ev, ev_other["bundle"]["name"]: ev_other})
         atomic_write_text(args.work / "comparison.md", cmp_table + "\n", overwrite=True)
         print(cmp_table)
     if args.install:

@@ -1,13 +1,17 @@
-"""Install a training run's best checkpoint as the bundled default model, and score it.
+"""Install a training run's best checkpoint as the v1 model (retired), and score it.
 
-    python training/default_model/finalize.py --run RUN --work WORK [--real-data ../shared/data]
+    python training/default_model/v1/finalize.py --run RUN --work WORK [--real-data ../shared/data]
 
-- copies RUN/best.safetensors (+ sidecar) to LiverTumorSegLib/resources/models/default.*,
+v1 was the bundled default until the two-stage v2 (training/default_model/v2) replaced it; it
+now lives here, outside the package, as the starting point of v2's stage 2 and as the
+comparison model of v2's evaluation (``v2/finalize.py --compare``).
+
+- copies RUN/best.safetensors (+ sidecar) to training/default_model/v1/weights/default-v1.*,
   naming it and recording the recommended inference window (the training patch size);
 - scores it on held-out synthetic cases (seeds never used for training) and on every real scan
   in --real-data, flagging the template scan (its labels shaped the training data, so its
   score is not a fair one);
-- writes the numbers into resources/models/MODEL_CARD.md (between the EVALUATION markers) and
+- writes the numbers into v1/weights/MODEL_CARD.md (between the EVALUATION markers) and
   WORK/evaluation.json.
 """
 from __future__ import annotations
@@ -22,14 +26,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
 from LiverTumorSegLib import image_io, metrics  # noqa: E402
 from LiverTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
 from LiverTumorSegLib.synthetic import make_synthetic_ct  # noqa: E402
 from LiverTumorSegLib.synthetic.templates import Template, make_template_case  # noqa: E402
-from LiverTumorSegLib.weights import DEFAULT_WEIGHTS, load_model, sha256_file, sidecar_path  # noqa: E402
+from LiverTumorSegLib.weights import load_model, sha256_file, sidecar_path  # noqa: E402
+
+V1_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default-v1.safetensors"
 
 TEMPLATE_SCANS = {"totalseg_example_ct_sm"}  # their labels are templates: never a fair score
 HELD_OUT_SEED = 424242  # generate_training_data.py uses seeds 100000*seed + i with small seeds
@@ -40,16 +46,16 @@ def install(run: Path, name: str) -> Path:
     meta = json.loads(sidecar_path(src).read_text())
     if sha256_file(src) != meta["sha256"]:
         raise SystemExit(f"{src}: checksum does not match its sidecar")
-    DEFAULT_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, DEFAULT_WEIGHTS)
+    V1_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, V1_WEIGHTS)
     meta["name"] = name
-    meta["file"] = DEFAULT_WEIGHTS.name
+    meta["file"] = V1_WEIGHTS.name
     patch = meta.get("training", {}).get("config", {}).get("patch_size")
     if patch:
         meta.setdefault("inference", {})["window"] = list(patch)
     meta["intended_use"] = "research and demonstration only; not for clinical use"
-    sidecar_path(DEFAULT_WEIGHTS).write_text(json.dumps(meta, indent=2) + "\n")
-    return DEFAULT_WEIGHTS
+    sidecar_path(V1_WEIGHTS).write_text(json.dumps(meta, indent=2) + "\n")
+    return V1_WEIGHTS
 
 
 def _score(pred: sitk.Image, ref: sitk.Image) -> dict:
@@ -127,9 +133,9 @@ def main() -> int:
     p.add_argument("--real-data", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--n-synthetic", type=int, default=6)
     p.add_argument("--name", default="livertumorseg-default-v1")
-    p.add_argument("--skip-install", action="store_true", help="only evaluate the installed default")
+    p.add_argument("--skip-install", action="store_true", help="only evaluate the installed v1 weights")
     args = p.parse_args()
-    path = DEFAULT_WEIGHTS if args.skip_install else install(args.run, args.name)
+    path = V1_WEIGHTS if args.skip_install else install(args.run, args.name)
     loaded = load_model(path)
     evaluation = evaluate(loaded, args.real_data, args.n_synthetic)
     args.work.mkdir(parents=True, exist_ok=True)
