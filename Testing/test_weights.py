@@ -71,6 +71,7 @@ def test_missing_file(tmp_path):
 
 def test_no_bundled_default(monkeypatch, tmp_path):
     monkeypatch.setattr(W, "DEFAULT_WEIGHTS", tmp_path / "default.safetensors")
+    monkeypatch.setattr(W, "DEFAULT_BUNDLE", tmp_path / "default.json")  # neither a bundle nor weights
     with pytest.raises(WeightsError) as e:
         W.load_model(None)
     _one_line_error(e, "no bundled default model", "--model")
@@ -198,6 +199,7 @@ def test_default_and_bundled_names_resolve(monkeypatch, tmp_path):
     path = make_tiny_weights(tmp_path, filename="default.safetensors")
     make_tiny_weights(tmp_path, filename="baseline.safetensors", seed=4)
     monkeypatch.setattr(W, "DEFAULT_WEIGHTS", path)
+    monkeypatch.setattr(W, "DEFAULT_BUNDLE", tmp_path / "default.json")  # a single-stage sidecar: not a bundle
     monkeypatch.setattr(W, "RESOURCE_MODELS", tmp_path)
     assert W.load_model(None).path == path.resolve()
     assert W.load_model("baseline").path == (tmp_path / "baseline.safetensors").resolve()
