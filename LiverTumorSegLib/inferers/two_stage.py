@@ -145,10 +145,6 @@ def thinnest_extent_mm(image: sitk.Image) -> float:
     return float(min(n * sp for n, sp in zip(image.GetSize(), image.GetSpacing())))
 
 
-def whole_image_box(image: sitk.Image) -> tuple[tuple[int, int], ...]:
-    return tuple((0, int(n)) for n in image.GetSize())
-
-
 def crop(image: sitk.Image, box: tuple[tuple[int, int], ...]) -> sitk.Image:
     """The input voxels inside the index box, with their exact geometry (shifted origin)."""
     return sitk.RegionOfInterest(image, [b - a for a, b in box], [a for a, _ in box])
@@ -161,10 +157,10 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
     from ..report import build_report
 
     extent = thinnest_extent_mm(image)
-    limit = float(getattr(bundle, "min_locator_extent_mm", 0.0) or 0.0)
+    limit = bundle.min_locator_extent_mm
     if extent < limit:  # too thin for the coarse locator: stage 2 sees the whole scan
         notes.append(THIN_SCAN_NOTE.format(extent=extent, limit=limit))
-        box = whole_image_box(image)
+        box = tuple((0, int(n)) for n in image.GetSize())  # the whole scan
         box_info = {"locator_skipped": "thin_scan", "thinnest_extent_mm": round(extent, 2),
                     "min_locator_extent_mm": limit, "box_index_xyz": [list(b) for b in box],
                     "box_fraction_of_image": 1.0}
@@ -217,7 +213,7 @@ def segment_two_stage(image: sitk.Image, bundle: Any, opts: Any, reporter: Progr
         compute = {**res.report.get("compute", {}), "locator": compute1}
         pp_info = res.report.get("postprocessing")
         del res, sub
-        liver_ml = float(np.count_nonzero(labels)) * float(np.prod(image.GetSpacing())) / 1000.0
+        liver_ml = float(np.count_nonzero(labels[z0:z1, y0:y1, x0:x1])) * float(np.prod(image.GetSpacing())) / 1000.0
         if "locator_skipped" not in box_info and 0.0 < liver_ml < bundle.min_liver_ml:
             # the same floor as stage 1's: a few mL of "liver" in the box is noise, not a liver
             notes.append(TOO_LITTLE_LIVER_NOTE.format(ml=liver_ml, limit=bundle.min_liver_ml))

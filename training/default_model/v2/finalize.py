@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from LiverTumorSegLib import image_io, metrics  # noqa: E402
 from LiverTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
+from LiverTumorSegLib.options import open_unit_interval  # noqa: E402
 from LiverTumorSegLib.utils.files import atomic_write_json, atomic_write_text, sidecar_path  # noqa: E402
 from LiverTumorSegLib.weights import RESOURCE_MODELS, TwoStageModel, load_model  # noqa: E402
 
@@ -270,7 +271,7 @@ def install(bundle: Path) -> Path:
         raise SystemExit("finalize: assemble the bundle with --name default before --install")
     v1 = RESOURCE_MODELS / "default.safetensors"
     if v1.exists():
-        v1.unlink()  # v2 replaces v1; its sidecar default.json is overwritten by the bundle next
+        v1.unlink()  # a single-stage default left by an older checkout: its sidecar default.json is replaced next
     for f in files:
         shutil.copyfile(f, RESOURCE_MODELS / f.name)
     return RESOURCE_MODELS / "default.json"
@@ -290,8 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare", type=Path, default=None, metavar="WEIGHTS",
                    help="also score these weights (e.g. v1's default.safetensors) on the same cases and write "
                         "WORK/comparison.md (side by side)")
-    p.add_argument("--tumour-threshold", type=float, default=None,
-                   help="score with this tumour threshold instead of the bundle's recommended one / argmax")
+    p.add_argument("--tumour-threshold", type=open_unit_interval, default=None,
+                   help="score with this tumour threshold (0 < T < 1) instead of the argmax labels")
     p.add_argument("--compare-evaluation", type=Path, default=None, metavar="JSON",
                    help="instead of --compare: an evaluation_compare.json written by an earlier run on the same cases")
     args = p.parse_args(argv)
@@ -312,9 +313,6 @@ def main(argv=None) -> int:
             atomic_write_json(args.work / "evaluation_compare.json", ev_other, overwrite=True)
         else:
             ev_other = json.loads(args.compare_evaluation.read_text())
-            for c in ev_other["synthetic"]:  # written before ref_has_liver existed: same rule as _score
-                c.setdefault("ref_has_liver", c["liver"].get("rvd") is not None)  # RVD needs a reference liver
-            ev_other["summary"] = summarise(ev_other["synthetic"], ev_other["real"])
         cmp_table = comparison_markdown({loaded.name: ev, ev_other["bundle"]["name"]: ev_other})
         atomic_write_text(args.work / "comparison.md", cmp_table + "\n", overwrite=True)
         print(cmp_table)

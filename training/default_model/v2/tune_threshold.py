@@ -33,6 +33,7 @@ from LiverTumorSegLib.postprocess import postprocess_labels  # noqa: E402
 from LiverTumorSegLib.synthetic import Template, make_template_case  # noqa: E402
 from LiverTumorSegLib.transforms.restore import labels_from_probabilities  # noqa: E402
 from LiverTumorSegLib.utils.files import atomic_write_json, atomic_write_text  # noqa: E402
+from LiverTumorSegLib.utils.regions import bounding_box  # noqa: E402
 from LiverTumorSegLib.weights import load_model  # noqa: E402
 
 TUNE_SEED = 525242  # finalize.py evaluates 424242-427241 (+ counts); training uses 100000 * seed + i
@@ -86,6 +87,12 @@ def main(argv=None) -> int:
         ref = np.clip(sitk.GetArrayFromImage(ref), 0, 2).astype(np.uint8)
         spacing = result.labelmap.GetSpacing()[::-1]
         probs = result.probabilities
+        # Every setting labels only inside the argmax liver region (the threshold never moves it), so
+        # the sweep runs on the box of that region and the reference: the same scores, a fraction of the
+        # whole field of view's voxels.
+        box = bounding_box((labels_from_probabilities(probs[1], probs[2]) > 0) | (ref > 0), margin=1)
+        if box is not None:
+            probs, ref = probs[(slice(None),) + box], ref[box]
         for t, m in settings:
             labels = labels_from_probabilities(probs[1], probs[2], t)
             labels, _ = postprocess_labels(labels, spacing, replace(options.postprocess, min_tumour_volume_ml=m))
