@@ -127,7 +127,7 @@ def _sliding_window(x: torch.Tensor, model: torch.nn.Module, options: SegmentOpt
     from monai.inferers import sliding_window_inference
 
     shape = tuple(x.shape[2:])
-    roi = tuple(min(w, s) for w, s in zip(options.window or DEFAULT_WINDOW, shape))
+    roi = options.roi_for(shape)
     overlap = options.effective_overlap
     total = count_windows(shape, roi, overlap)
     attempts = list(_attempts(device, options))
@@ -147,7 +147,9 @@ def _sliding_window(x: torch.Tensor, model: torch.nn.Module, options: SegmentOpt
                     sw_device=dev, device=agg,
                 )
             info = {"device": str(dev), "sw_batch_size": batch, "amp": bool(amp and dev.type == "cuda"),
-                    "window": list(roi), "overlap": overlap, "windows": total}
+                    "window": list(roi), "overlap": overlap, "windows": total,
+                    # volume axes thinner than the window, replicate-padded up to it (SegmentOptions.roi_for)
+                    "padded_axes": [a for a, (r, n) in enumerate(zip(roi, shape)) if r > n]}
             if dev.type == "cpu":
                 info["threads"] = torch.get_num_threads()
             return out.to("cpu"), info

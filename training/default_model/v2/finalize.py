@@ -31,6 +31,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from LiverTumorSegLib import image_io, metrics  # noqa: E402
 from LiverTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
 from LiverTumorSegLib.options import open_unit_interval  # noqa: E402
+from LiverTumorSegLib.utils.options import non_negative  # noqa: E402
 from LiverTumorSegLib.utils.files import atomic_write_json, atomic_write_text, sidecar_path  # noqa: E402
 from LiverTumorSegLib.weights import RESOURCE_MODELS, TwoStageModel, load_model  # noqa: E402
 
@@ -293,6 +295,8 @@ def main(argv=None) -> int:
                         "WORK/comparison.md (side by side)")
     p.add_argument("--tumour-threshold", type=open_unit_interval, default=None,
                    help="score with this tumour threshold (0 < T < 1) instead of the argmax labels")
+    p.add_argument("--min-tumour-ml", type=non_negative, default=None, metavar="ML",
+                   help="score with this minimum tumour volume (mL) instead of the library's default")
     p.add_argument("--compare-evaluation", type=Path, default=None, metavar="JSON",
                    help="instead of --compare: an evaluation_compare.json written by an earlier run on the same cases")
     args = p.parse_args(argv)
@@ -300,6 +304,8 @@ def main(argv=None) -> int:
     if not isinstance(loaded, TwoStageModel):
         raise SystemExit(f"finalize: {args.bundle} is not a two-stage bundle")
     options = SegmentOptions(device=args.device, tumour_threshold=args.tumour_threshold)
+    if args.min_tumour_ml is not None:
+        options = replace(options, postprocess=replace(options.postprocess, min_tumour_volume_ml=args.min_tumour_ml))
     real_data = args.real_data if args.real_data.is_dir() else None
     args.work.mkdir(parents=True, exist_ok=True)
     ev = evaluate_model(loaded, options, args, real_data)
