@@ -504,3 +504,28 @@ def test_packed_checkpoint_resumes(cache_dir, tmp_path):
     assert json.loads((tmp_path / "packed" / "last.optim.json").read_text())["epoch"] == 2
     resumed = load_file(str(tmp_path / "packed" / "last.optim.safetensors"))
     assert all(resumed[k].dtype == torch.float32 for k in moments)
+
+
+def test_shading_augmentation_is_smooth_bounded_and_leaves_labels():
+    """augment.shading_*: a low-frequency additive field (real CT's uneven enhancement), peak
+    |value| = the drawn amplitude, smooth between neighbouring voxels; labels untouched; same rng
+    -> same field; an invalid setting is refused."""
+    from ltstrain.config import AugmentConfig
+    from ltstrain.data import augment_patch, shading_field
+    from LiverTumorSegLib.errors import ConfigError
+
+    f = shading_field((16, 48, 48), 0.05, 0.5, np.random.default_rng(0))
+    assert f.shape == (16, 48, 48) and abs(float(f.abs().max()) - 0.05) < 1e-6
+    assert float((f[:, 1:] - f[:, :-1]).abs().max()) < 0.05 / 5  # no voxel-scale jumps: broad shading
+    assert torch.equal(f, shading_field((16, 48, 48), 0.05, 0.5, np.random.default_rng(0)))
+    image = torch.full((1, 16, 48, 48), 0.5)
+    label = torch.randint(0, 3, (1, 16, 48, 48))
+    aug = AugmentConfig(intensity_prob=0.0, noise_prob=0.0, spatial_prob=0.0, shading_prob=1.0, shading_amp=0.1)
+    out, lab = augment_patch(image.clone(), label.clone(), aug, np.random.default_rng(1))
+    assert torch.equal(lab, label) and 0.0 < float((out - 0.5).abs().max()) <= 0.1 + 1e-6
+    assert float(out.std()) > 0  # the uniform patch is shaded
+    same, _ = augment_patch(image.clone(), label.clone(), AugmentConfig(intensity_prob=0.0, noise_prob=0.0,
+                                                                         spatial_prob=0.0), np.random.default_rng(1))
+    assert torch.equal(same, image)  # off by default
+    with pytest.raises(ConfigError, match="shading"):
+        TrainConfig.from_dict({"augment": {"shading_prob": 1.5}})

@@ -50,6 +50,12 @@ class AugmentConfig:
     rotate_deg: float = 10.0  # in-plane rotation ~ U(-r, r)
     scale: float = 0.1  # isotropic in-plane zoom ~ U(1 - s, 1 + s)
     spatial_prob: float = 0.2  # probability of the rotation/zoom
+    # low-frequency shading: + a smooth random field of peak |amplitude| ~ U(0, shading_amp) (0.0625
+    # = 25 HU in the -200..200 window) varying over ~shading_scale of the patch: real CT's
+    # heterogeneous enhancement and beam hardening, which a uniform synthetic liver never shows
+    shading_prob: float = 0.0
+    shading_amp: float = 0.0625
+    shading_scale: float = 0.5  # correlation length as a fraction of the patch (coarse grid of ~2/scale nodes)
     enabled: bool = True
 
 
@@ -123,6 +129,10 @@ class TrainConfig:
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("amp", AMP_MODES), ("slab_sampling", SLAB_SAMPLING)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        a = self.augment
+        if not (0.0 <= float(a.shading_prob) <= 1.0 and float(a.shading_amp) >= 0.0 and float(a.shading_scale) > 0.0):
+            raise ConfigError(f"augment.shading_prob must be in [0, 1], shading_amp >= 0 and shading_scale > 0, got "
+                              f"{a.shading_prob}, {a.shading_amp}, {a.shading_scale}")
         if self.training_data_kind is not None and self.training_data_kind not in TRAINING_DATA_KINDS:
             raise ConfigError(f"training_data_kind must be one of {', '.join(TRAINING_DATA_KINDS)} (or null), "
                               f"got {self.training_data_kind!r}")

@@ -75,6 +75,16 @@ def _choose_start(rng: np.random.Generator, dim: int, p: int, centre: Optional[i
     return int(min(max(centre - p // 2 + jitter, 0), dim - p))
 
 
+def shading_field(shape: Sequence[int], amplitude: float, scale: float, rng: np.random.Generator) -> torch.Tensor:
+    """A smooth (D, H, W) field with peak |value| ``amplitude``: Gaussian values on a coarse grid
+    (about 2 / ``scale`` nodes per axis, at least 2) upsampled trilinearly to ``shape``."""
+    nodes = [max(2, int(round(2.0 / max(scale, 1e-3)))) for _ in shape]
+    coarse = torch.from_numpy(rng.standard_normal(nodes).astype(np.float32))[None, None]
+    field_ = F.interpolate(coarse, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)[0, 0]
+    peak = float(field_.abs().max())
+    return field_ * (amplitude / peak) if peak > 0 else field_
+
+
 def augment_patch(
     image: torch.Tensor, label: torch.Tensor, aug: AugmentConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +113,10 @@ def augment_patch(
         scale = rng.uniform(1.0 - aug.intensity_scale, 1.0 + aug.intensity_scale)
         shift = rng.uniform(-aug.intensity_shift, aug.intensity_shift)
         image = image * float(scale) + float(shift)
+        changed = True
+    if aug.shading_prob > 0 and aug.shading_amp > 0 and rng.random() < aug.shading_prob:
+        image = image + shading_field(tuple(image.shape[1:]), float(rng.uniform(0.0, aug.shading_amp)),
+                                      aug.shading_scale, rng)[None]
         changed = True
     if aug.noise_prob > 0 and aug.noise_std > 0 and rng.random() < aug.noise_prob:
         sigma = float(rng.uniform(0.0, aug.noise_std))
