@@ -60,6 +60,7 @@ HIDDEN_OPTIONS = {
     "crop_to_body": "always on: the air around the patient is background",
     "max_hole_area_mm2": "a tuned constant of fill-holes, not a user choice",
     "return_probabilities": "the in-memory 3-channel array; the child writes --probabilities for the slider instead",
+    "min_window": "set from the model's own sidecar by the library (thin scans padded to its window)",
 }
 
 
