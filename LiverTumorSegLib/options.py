@@ -98,7 +98,7 @@ class SegmentOptions:
     on) is never run on a smaller one: a thinner volume is replicate-padded up to it
     (``min_window``, set by :meth:`for_model`), because instance normalisation and the Mamba
     sequence behave as in training only on that shape (on the real 3-slice CT in
-    ``../shared/data`` liver Dice 0.681 clipped, 0.897 padded, with the v2 default).
+    ``../shared/data`` liver Dice 0.681 clipped, 0.897 padded, v2 at epoch 54).
     ``fast`` lowers the overlap to 0 (each voxel predicted once; may show seams).
     ``crop_to_body`` runs the network only on the bounding box of the body (voxels above
     -190 HU, plus a margin); outside it is background. On abdominal CT this skips 30-50 % of

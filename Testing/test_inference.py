@@ -9,7 +9,7 @@ import torch
 from helpers_model import make_tiny_weights
 from LiverTumorSegLib import inference
 from LiverTumorSegLib.device import DeviceError, resolve_device
-from LiverTumorSegLib.errors import Cancelled, InputError, LiverTumorSegError
+from LiverTumorSegLib.errors import Cancelled, ConfigError, InputError, LiverTumorSegError
 from LiverTumorSegLib.inference import PostprocessOptions, SegmentOptions, count_windows, segment
 from LiverTumorSegLib.weights import load_model
 
@@ -133,7 +133,7 @@ def test_window_clipped_to_volume_but_never_below_the_models_window():
     user = SegmentOptions(window=(16, 64, 200)).for_model({"inference": {"window": [32, 96, 96]}})
     assert user.roi_for((2, 50, 300)) == (16, 64, 200)  # the user's smaller window wins over the floor
     assert SegmentOptions().for_model({}).min_window is None
-    with pytest.raises(Exception, match="model's window"):
+    with pytest.raises(ConfigError, match="model's window"):
         SegmentOptions(min_window=(0, 1, 1))
 
 
@@ -156,8 +156,8 @@ def test_thin_volume_is_padded_to_the_models_window(tmp_path):
     x = np.pad(prepared.array, ((half, 8 - d - half), (0, 0), (0, 0)), mode="edge")
     p1, _, _ = inference.predict_network_grid(loaded.model, prepared.array, (1.0, 1.0, 1.0),
                                               opts.for_model(loaded.metadata), torch.device("cpu"))
-    # same windows by hand: in plane the grid is a multiple of nothing special, so compare one
-    # in-plane window-sized corner where MONAI's scan starts at 0 and no blending overlaps
+    # by hand: the first in-plane window starts at 0 and, with overlap 0, no other window blends
+    # into its first 16 x 16 voxels
     with torch.inference_mode():
         ref = torch.softmax(loaded.model(torch.from_numpy(np.ascontiguousarray(x[:, :32, :32]))[None, None].float()), 1)
     np.testing.assert_allclose(p1[:, :16, :16], ref[0, 1, half:half + d, :16, :16].numpy(), atol=1e-5)

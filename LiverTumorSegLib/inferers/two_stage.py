@@ -86,7 +86,7 @@ def locate(image: sitk.Image, locator: Any, options: Any, device: Any, reporter:
     reporter.report("preprocess", 1.0, f"coarse grid {tuple(prepared.array.shape)}")
     t = time.perf_counter()
     spacing_zyx = tuple(float(v) for v in prepared.grid.GetSpacing()[::-1])
-    opts = options.for_model(locator.metadata) if options.window is None else options
+    opts = options.for_model(locator.metadata)  # the locator's window and floor, not stage 2's
     p1, p2, compute = predict_network_grid(locator.model, prepared.array, spacing_zyx, opts, device, reporter, notes)
     timings["inference"] = time.perf_counter() - t
     return p1 + p2, prepared.grid, compute, timings

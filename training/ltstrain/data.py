@@ -77,7 +77,9 @@ def _choose_start(rng: np.random.Generator, dim: int, p: int, centre: Optional[i
 
 def shading_field(shape: Sequence[int], amplitude: float, scale: float, rng: np.random.Generator) -> torch.Tensor:
     """A smooth (D, H, W) field with peak |value| ``amplitude``: Gaussian values on a coarse grid
-    (about 2 / ``scale`` nodes per axis, at least 2) upsampled trilinearly to ``shape``."""
+    (about 2 / ``scale`` nodes per axis, at least 2) upsampled trilinearly to ``shape``. Additive in
+    the HU window, unlike MONAI's multiplicative RandBiasField / power-law smooth-field transforms,
+    and drawn from the dataset's own ``rng`` so that a resumed run repeats it."""
     nodes = [max(2, int(round(2.0 / max(scale, 1e-3)))) for _ in shape]
     coarse = torch.from_numpy(rng.standard_normal(nodes).astype(np.float32))[None, None]
     field_ = F.interpolate(coarse, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)[0, 0]

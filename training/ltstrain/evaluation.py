@@ -41,8 +41,8 @@ def predict_labels(
     from LiverTumorSegLib.inference import SegmentOptions, argmax_labels, predict_network_grid
 
     # the training patch is the model's window: thinner volumes are padded up to it, as in the application
-    opts = SegmentOptions(window=tuple(int(w) for w in window), overlap=overlap, sw_batch_size=sw_batch_size,
-                          amp=amp, crop_to_body=spacing_zyx is not None, min_window=tuple(int(w) for w in window))
+    opts = SegmentOptions(window=tuple(window), overlap=overlap, sw_batch_size=sw_batch_size,
+                          amp=amp, crop_to_body=spacing_zyx is not None, min_window=tuple(window))
     was_training = model.training
     model.eval()
     try:

@@ -31,7 +31,6 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -44,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from LiverTumorSegLib import image_io, metrics  # noqa: E402
 from LiverTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
 from LiverTumorSegLib.options import open_unit_interval  # noqa: E402
-from LiverTumorSegLib.utils.options import non_negative  # noqa: E402
+from LiverTumorSegLib.utils.options import non_negative, with_overrides  # noqa: E402
 from LiverTumorSegLib.utils.files import atomic_write_json, atomic_write_text, sidecar_path  # noqa: E402
 from LiverTumorSegLib.weights import RESOURCE_MODELS, TwoStageModel, load_model  # noqa: E402
 
@@ -305,7 +304,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"finalize: {args.bundle} is not a two-stage bundle")
     options = SegmentOptions(device=args.device, tumour_threshold=args.tumour_threshold)
     if args.min_tumour_ml is not None:
-        options = replace(options, postprocess=replace(options.postprocess, min_tumour_volume_ml=args.min_tumour_ml))
+        options = with_overrides(options, min_tumour_volume_ml=args.min_tumour_ml)
     real_data = args.real_data if args.real_data.is_dir() else None
     args.work.mkdir(parents=True, exist_ok=True)
     ev = evaluate_model(loaded, options, args, real_data)
