@@ -200,6 +200,53 @@ def test_slab_sampling_liver_and_any(tmp_path):
         tiny_cfg(slab_sampling="body")
 
 
+def _big_and_small_tumour_case(tmp_path: Path):
+    """A 16 x 64 x 64 liver with one 12 x 22 x 22 tumour and one 2 x 2 x 2 lesion far from it."""
+    from ltstrain.cache import CachedCase
+
+    d = tmp_path / "t"
+    d.mkdir()
+    lab = np.zeros((16, 64, 64), np.uint8)
+    lab[:, 4:60, 4:60] = 1
+    lab[2:14, 8:30, 8:30] = 2
+    lab[7:9, 50:52, 50:52] = 2
+    np.save(d / "image.npy", np.random.default_rng(0).random(lab.shape).astype(np.float32))
+    np.save(d / "label.npy", lab)
+    np.savez(d / "fg.npz", liver=np.argwhere(lab >= 1).astype(np.int32), tumor=np.argwhere(lab == 2).astype(np.int32))
+    entry = {"image": "t/image.npy", "label": "t/label.npy", "fg": "t/fg.npz", "shape": [16, 64, 64],
+             "liver_z": [0, 15], "tumour_z": [2, 13]}
+    return CachedCase("tumours", tmp_path, entry)
+
+
+def test_tumour_sampling_by_lesion_draws_small_lesions(tmp_path):
+    """"voxel" centres on tumour voxels, so the 8-voxel lesion beside a 5,808-voxel mass is
+    almost never in a patch; "lesion" draws each lesion equally often."""
+    from ltstrain.data import lesion_centres
+    from LiverTumorSegLib.errors import ConfigError
+
+    case = _big_and_small_tumour_case(tmp_path)
+    centres = lesion_centres(case.label())
+    assert sorted(map(tuple, centres.tolist())) == [(8, 18, 18), (8, 50, 50)]  # rint: half to even
+    assert lesion_centres(np.ones((4, 4, 4), np.uint8)).shape == (0, 3)
+
+    def small_lesion_patches(mode: str) -> int:
+        cfg = tiny_cfg(patch_size=[8, 16, 16], samples_per_case=200, fg_prob=1.0, tumour_prob=1.0,
+                       tumour_sampling=mode, augment={"enabled": False})
+        ds = PatchDataset([case], cfg)
+        hits = 0
+        for i in range(len(ds)):
+            s = ds.sample(i)
+            z0, y0, x0 = s["start"]
+            hits += int(y0 > 30 and x0 > 30 and bool((s["label"] == 2).any()))
+        return hits
+
+    by_voxel, by_lesion = small_lesion_patches("voxel"), small_lesion_patches("lesion")
+    print("small-lesion patches of 200: voxel", by_voxel, "lesion", by_lesion)
+    assert by_voxel <= 5 and by_lesion >= 60, (by_voxel, by_lesion)
+    with pytest.raises(ConfigError, match="tumour_sampling must be one of voxel, lesion, got 'size'"):
+        tiny_cfg(tumour_sampling="size")
+
+
 def test_cached_arrays_writable_in_memory_only(cache_dir):
     """The cache's arrays are copy-on-write maps: writable (no "non-writable NumPy array"
     warning when validation hands them to torch.from_numpy), and the files never change."""

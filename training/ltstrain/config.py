@@ -34,6 +34,7 @@ AMP_MODES = ("auto", "on", "off")
 #: {"kind": ...}`` (the ``synthetic_training`` quality flag reads it; None writes nothing).
 TRAINING_DATA_KINDS = ("synthetic", "real", "mixed")
 SLAB_SAMPLING = ("liver", "any")
+TUMOUR_SAMPLING = ("voxel", "lesion")
 
 
 @dataclass
@@ -74,6 +75,10 @@ class TrainConfig:
     slab_sampling: str = "liver"
     fg_prob: float = 0.5  # in-plane crop centred on foreground with this probability
     tumour_prob: float = 0.5  # ... of which on a tumour voxel when the slab has one
+    # which tumour: "voxel" = a random tumour voxel (large tumours dominate); "lesion" = a random
+    # lesion (connected component) of the slab, then its centre: a 5 mm metastasis is drawn as
+    # often as a 60 mm mass, which is what small-lesion detection needs
+    tumour_sampling: str = "voxel"
     lr: float = 3e-4
     lr_schedule: str = "cosine"  # "cosine" | "constant" | "poly"
     min_lr_ratio: float = 0.01
@@ -126,7 +131,8 @@ class TrainConfig:
             raise ConfigError(f"invalid training config value: {exc}") from None
         if len(self.patch_size) != 3:
             raise ConfigError(f"patch_size must have 3 values (z, y, x), got {list(self.patch_size)}")
-        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("amp", AMP_MODES), ("slab_sampling", SLAB_SAMPLING)):
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("amp", AMP_MODES), ("slab_sampling", SLAB_SAMPLING),
+                              ("tumour_sampling", TUMOUR_SAMPLING)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         a = self.augment

@@ -17,6 +17,10 @@ Patch choice (paper: "48 consecutive slices that contain liver"):
   liver voxel of the slab, or a tumour voxel with probability ``tumour_prob`` when the slab has
   tumour; otherwise (and always when the slab has no liver) uniformly random. With the
   paper's 256 x 256 patch on a 256 x 256 plane this choice has no effect.
+- which tumour (``tumour_sampling``): "voxel" = a random tumour voxel, so a liver with one
+  60 mm mass and forty 5 mm metastases is sampled almost only at the mass; "lesion" = a random
+  lesion (26-connected component of the label) whose centre lies in the slab, centred on that
+  centre: every lesion is drawn equally often, whatever its size.
 """
 from __future__ import annotations
 
@@ -73,6 +77,18 @@ def _choose_start(rng: np.random.Generator, dim: int, p: int, centre: Optional[i
         return int(rng.integers(0, dim - p + 1))
     jitter = int(rng.integers(-(p // 4), p // 4 + 1)) if p >= 4 else 0
     return int(min(max(centre - p // 2 + jitter, 0), dim - p))
+
+
+def lesion_centres(label: np.ndarray) -> np.ndarray:
+    """(n, 3) int32 voxel centres (z, y, x) of the tumour label's 26-connected components."""
+    from scipy import ndimage
+
+    tumour = np.asarray(label) == 2
+    components, n = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.zeros((0, 3), np.int32)
+    centres = ndimage.center_of_mass(tumour, components, range(1, n + 1))
+    return np.rint(np.asarray(centres)).astype(np.int32).reshape(-1, 3)
 
 
 def shading_field(shape: Sequence[int], amplitude: float, scale: float, rng: np.random.Generator) -> torch.Tensor:
@@ -150,7 +166,10 @@ class PatchDataset(Dataset):
 
     def _fg_of(self, case: CachedCase) -> dict[str, np.ndarray]:
         if case.case_id not in self._fg:
-            self._fg[case.case_id] = case.fg()
+            fg = case.fg()
+            if self.cfg.tumour_sampling == "lesion":
+                fg["lesion_centres"] = lesion_centres(case.label())
+            self._fg[case.case_id] = fg
         return self._fg[case.case_id]
 
     def sample(self, index: int, epoch: Optional[int] = None) -> dict:
@@ -167,7 +186,7 @@ class PatchDataset(Dataset):
         if cfg.fg_prob > 0 and rng.random() < cfg.fg_prob:
             fg = self._fg_of(case)
             pools = []
-            tum = fg.get("tumor", np.zeros((0, 3), np.int32))
+            tum = fg.get("lesion_centres" if cfg.tumour_sampling == "lesion" else "tumor", np.zeros((0, 3), np.int32))
             liv = fg.get("liver", np.zeros((0, 3), np.int32))
             tum = tum[(tum[:, 0] >= z0) & (tum[:, 0] < z0 + pz)] if len(tum) else tum
             liv = liv[(liv[:, 0] >= z0) & (liv[:, 0] < z0 + pz)] if len(liv) else liv
