@@ -247,6 +247,46 @@ def test_tumour_sampling_by_lesion_draws_small_lesions(tmp_path):
         tiny_cfg(tumour_sampling="size")
 
 
+class _AlwaysLiver(torch.nn.Module):
+    """Calls every voxel liver: whatever it predicts outside the box shows in the Dice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros((x.shape[0], 3) + tuple(x.shape[2:]), dtype=x.dtype)
+        logits[:, 1] = 10.0
+        return logits
+
+
+def test_validation_inside_the_liver_box(tmp_path):
+    """val_box_margin_mm: prediction only inside the reference liver's box + margin (stage 2's
+    view in a two-stage bundle); a case without liver is left out; None = the whole volume."""
+    from ltstrain.cache import CachedCase
+    from ltstrain.evaluation import liver_box, validate
+    from LiverTumorSegLib.errors import ConfigError
+
+    cases = []
+    for name, liver in (("liver", True), ("empty", False)):
+        d = tmp_path / name
+        d.mkdir()
+        lab = np.zeros((20, 40, 40), np.uint8)
+        if liver:
+            lab[5:15, 10:30, 10:30] = 1  # 4,000 voxels
+        np.save(d / "image.npy", np.full(lab.shape, 0.5, np.float32))
+        np.save(d / "label.npy", lab)
+        cases.append(CachedCase(name, tmp_path, {"image": f"{name}/image.npy", "label": f"{name}/label.npy",
+                                                  "shape": list(lab.shape), "spacing_zyx": [2.0, 1.5, 1.5]}))
+    assert liver_box(cases[0].label(), (2.0, 1.5, 1.5), 3.0) == (slice(3, 17), slice(8, 32), slice(8, 32))
+    assert liver_box(cases[1].label(), (2.0, 1.5, 1.5), 3.0) is None
+    model = _AlwaysLiver()
+    whole = validate(model, cases[:1], (8, 16, 16))
+    assert whole["dice_liver"] == pytest.approx(2 * 4000 / (4000 + 20 * 40 * 40))
+    boxed = validate(model, cases, (8, 16, 16), box_margin_mm=0.0)
+    assert boxed["dice_liver"] == pytest.approx(1.0) and boxed["n_cases"] == 1 and boxed["skipped"] == ["empty"]
+    grown = validate(model, cases[:1], (8, 16, 16), box_margin_mm=3.0)  # 14 x 24 x 24 box
+    assert grown["dice_liver"] == pytest.approx(2 * 4000 / (4000 + 14 * 24 * 24))
+    with pytest.raises(ConfigError, match="val_box_margin_mm must be >= 0 mm"):
+        tiny_cfg(val_box_margin_mm=-1)
+
+
 def test_cached_arrays_writable_in_memory_only(cache_dir):
     """The cache's arrays are copy-on-write maps: writable (no "non-writable NumPy array"
     warning when validation hands them to torch.from_numpy), and the files never change."""
@@ -373,8 +413,9 @@ def test_resume_is_identical(cache_dir, tmp_path):
     assert [r["perplexity"] for r in la] == [r["perplexity"] for r in lb] and la[0]["perplexity"] != ""
 
 
-def test_train_cli_resume_and_set(cache_dir, tmp_path):
-    """train.py's main(): --set overrides, then --resume continues the run's own config."""
+def test_train_cli_resume_and_set(cache_dir, tmp_path, capsys):
+    """train.py's main(): --set overrides, then --resume continues the run's own config; a
+    resume that changes how validation scores (val_box_margin_mm) starts best.* afresh."""
     import train as train_script
 
     base = ["--config", str(SMOKE_CONFIG), "--cache", str(cache_dir), "--out", str(tmp_path / "r"),
@@ -387,6 +428,13 @@ def test_train_cli_resume_and_set(cache_dir, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert json.loads((tmp_path / "r" / "last.json").read_text())["model_config"]["features"] == [4, 8]
+    capsys.readouterr()
+    assert train_script.main(["--cache", str(cache_dir), "--out", str(tmp_path / "r"), "--resume", str(tmp_path / "r"),
+                              "--epochs", "3", "--no-progress", "--set", "val_box_margin_mm=10"]) == 0
+    out = capsys.readouterr().out
+    assert "validation now inside the liver box + 10 mm" in out and "best.* starts afresh" in out
+    best = json.loads((tmp_path / "r" / "last.optim.json").read_text())["best"]
+    assert best["epoch"] == 3 and best["val_box_margin_mm"] == 10
     assert train_script.main(base + ["--set", "no_such_field=1"]) == 2  # a one-line error, no traceback
 
 

@@ -95,6 +95,10 @@ class TrainConfig:
     val_overlap: float = 0.25
     val_window: Optional[tuple[int, int, int]] = None  # default: patch_size
     val_max_cases: Optional[int] = None
+    # None: validate over the whole volume (how a single-stage model is used); a number (mm):
+    # only inside the reference liver's box grown by this margin, as stage 2 of a two-stage
+    # bundle sees it (an oracle stage 1); cases without liver are then left out
+    val_box_margin_mm: Optional[float] = None
     seed: int = 42
     num_workers: int = 0
     threads: Optional[int] = None  # torch CPU threads (None: torch's default)
@@ -139,6 +143,8 @@ class TrainConfig:
         if not (0.0 <= float(a.shading_prob) <= 1.0 and float(a.shading_amp) >= 0.0 and float(a.shading_scale) > 0.0):
             raise ConfigError(f"augment.shading_prob must be in [0, 1], shading_amp >= 0 and shading_scale > 0, got "
                               f"{a.shading_prob}, {a.shading_amp}, {a.shading_scale}")
+        if self.val_box_margin_mm is not None and not float(self.val_box_margin_mm) >= 0.0:
+            raise ConfigError(f"val_box_margin_mm must be >= 0 mm (or null), got {self.val_box_margin_mm!r}")
         if self.training_data_kind is not None and self.training_data_kind not in TRAINING_DATA_KINDS:
             raise ConfigError(f"training_data_kind must be one of {', '.join(TRAINING_DATA_KINDS)} (or null), "
                               f"got {self.training_data_kind!r}")

@@ -248,6 +248,10 @@ def setup(cfg: TrainConfig, cache_dir: str | os.PathLike, out: Path, info: DistI
                say=log if info.is_main else (lambda *_: None))
 
 
+def _val_mode(margin_mm: Optional[float]) -> str:
+    return "over the whole volume" if margin_mm is None else f"inside the liver box + {margin_mm:g} mm"
+
+
 def resume_run(run: Run, checkpoint: Path) -> None:
     """Weights, optimiser, scaler, RNG states, epoch, best score and log rows of a checkpoint
     (already checked by :func:`checkpoints.resolve_resume` / ``check_same_model``)."""
@@ -264,6 +268,11 @@ def resume_run(run: Run, checkpoint: Path) -> None:
     run.best = dict(meta.get("best") or run.best)
     if run.best.get("score") is None:
         run.best["score"] = -math.inf
+    if run.best.get("epoch") is not None and run.best.get("val_box_margin_mm") != run.cfg.val_box_margin_mm:
+        # scores over the whole volume and inside the liver box are not comparable
+        run.say(f"note: validation now {_val_mode(run.cfg.val_box_margin_mm)}, the best so far (epoch "
+                f"{run.best['epoch']}) was scored {_val_mode(run.best.get('val_box_margin_mm'))}: best.* starts afresh")
+        run.best = {"score": -math.inf, "epoch": None}
     if run.main:
         run.rows = [r for r in _read_log(run.out / "log.csv") if int(r["epoch"]) <= run.start_epoch]
     run.say(f"resumed from {checkpoint} after epoch {run.start_epoch}")
@@ -413,11 +422,12 @@ def validate_and_checkpoint(run: Run, epoch: int, row: dict[str, Any], t0: float
         return
     if run.val_cases and ((epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == cfg.epochs):
         window = tuple(cfg.val_window or cfg.patch_size)
-        v = validate(run.model, run.val_cases, window, cfg.val_overlap, run.device, run.use_amp)
+        v = validate(run.model, run.val_cases, window, cfg.val_overlap, run.device, run.use_amp, cfg.val_box_margin_mm)
         run.last_val = {"epoch": epoch + 1, **{k: v[k] for k in ("dice_liver", "dice_tumor", "score", "n_cases")}}
         row.update(val_dice_liver=v["dice_liver"], val_dice_tumor=v["dice_tumor"], val_score=v["score"])
         if v["score"] > run.best["score"]:
-            run.best = {"score": v["score"], "epoch": epoch + 1, "dice_liver": v["dice_liver"], "dice_tumor": v["dice_tumor"]}
+            run.best = {"score": v["score"], "epoch": epoch + 1, "dice_liver": v["dice_liver"], "dice_tumor": v["dice_tumor"],
+                        "val_box_margin_mm": cfg.val_box_margin_mm}
             meta = {**run.base_meta, "training": run.training_meta(epoch + 1), "validation": run.last_val,
                     "selection": "best validation score = (mean liver Dice + mean tumour Dice) / 2"}
             save_weights(run.model, run.out / "best.safetensors", meta)
