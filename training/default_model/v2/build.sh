@@ -4,7 +4,7 @@
 #   SMOKE=1 bash training/default_model/v2/build.sh /tmp/v2-smoke  # the whole chain on tiny data, minutes
 # Steps: 1 generate synthetic data -> 2 prepare two caches (4 mm locator grid, 1.5 x 1.5 x 2 mm
 # segmenter grid) -> 3 train stage 1 -> 4 train stage 2 (from v1's weights when present; 54
-# epochs, a warm restart to 88 with shading augmentation, a second to 130 sampling tumours by lesion) ->
+# epochs, then a warm restart to 88 with shading augmentation) ->
 # 5 assemble the bundle -> 6 evaluate (finalize.py; INSTALL=1 installs it as the package default).
 # Environment: PY (python), GEN_ARGS (data generator options), INIT (v1 weights to start stage 2
 # from; "" for none), REAL_DATA (folder of real scans, default ../shared/data), INSTALL=1, SMOKE=1.
@@ -41,7 +41,6 @@ PYEOF
     SEG_CFG=$WORK/segmenter_train.smoke.json
     FIN_ARGS="--n-template 1 --n-procedural 1 --n-wholefov 1 --n-wholefov-clean 1"
     SEG_EPOCHS2=2
-    SEG_EPOCHS3=3
 else
     # The data of the v2 run: whole fields of view (chest, abdomen, pelvis; every phase incl. CTA;
     # no-liver cases) plus the v1 kinds, in-plane matrix capped at 320 for CPU practicality.
@@ -50,7 +49,6 @@ else
     SEG_CFG=$V2/segmenter_train.json
     FIN_ARGS=""
     SEG_EPOCHS2=88
-    SEG_EPOCHS3=130
 fi
 
 echo "== 1/6 generate"
@@ -72,10 +70,6 @@ $PY training/train.py --config "$SEG_CFG" --cache "$WORK/cache-segmenter" --out 
 # augmentation (uneven enhancement / beam hardening of real CT); SEG_EPOCHS2 in the smoke build
 $PY training/train.py --cache "$WORK/cache-segmenter" --out "$WORK/run-segmenter" --resume "$WORK/run-segmenter" \
     --epochs "$SEG_EPOCHS2" --no-progress --training-data-kind synthetic --set augment.shading_prob=0.5
-# part 3 (epochs 89-130): a second warm restart, tumour-centred patches drawn per lesion (every
-# metastasis as often as a large mass) instead of per tumour voxel; shading stays on
-$PY training/train.py --cache "$WORK/cache-segmenter" --out "$WORK/run-segmenter" --resume "$WORK/run-segmenter" \
-    --epochs "$SEG_EPOCHS3" --no-progress --training-data-kind synthetic --set tumour_sampling=lesion
 echo "== 5/6 assemble the bundle"
 $PY $V2/assemble_bundle.py --locator-run "$WORK/run-locator" --segmenter-run "$WORK/run-segmenter" \
     --out "$WORK/bundle" --name default
