@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -159,21 +160,27 @@ def test_patches_deterministic_and_on_liver(cache_dir):
     assert hits == len(ds)  # fg_prob 1: every patch is centred on liver
 
 
-def _lower_half_liver_case(tmp_path: Path):
-    """A 40 x 24 x 24 case whose liver lies only in slices 24..35 (its lower half)."""
+def _cached_case(root: Path, case_id: str, label: np.ndarray, image: Optional[np.ndarray] = None, **entry):
+    """A cache case written from arrays: image (default uniform noise), label, fg.npz with every
+    liver / tumour voxel; ``entry`` adds manifest fields (liver_z, spacing_zyx, ...)."""
     from ltstrain.cache import CachedCase
 
-    d = tmp_path / "c"
-    d.mkdir()
-    img = np.random.default_rng(0).random((40, 24, 24)).astype(np.float32)
+    (root / case_id).mkdir()
+    if image is None:
+        image = np.random.default_rng(0).random(label.shape).astype(np.float32)
+    np.save(root / case_id / "image.npy", image)
+    np.save(root / case_id / "label.npy", label)
+    np.savez(root / case_id / "fg.npz", liver=np.argwhere(label >= 1).astype(np.int32),
+             tumor=np.argwhere(label == 2).astype(np.int32))
+    files = {k: f"{case_id}/{k}.npy" for k in ("image", "label")}
+    return CachedCase(case_id, root, {**files, "fg": f"{case_id}/fg.npz", "shape": list(label.shape), **entry})
+
+
+def _lower_half_liver_case(tmp_path: Path):
+    """A 40 x 24 x 24 case whose liver lies only in slices 24..35 (its lower half)."""
     lab = np.zeros((40, 24, 24), np.uint8)
     lab[24:36, 8:16, 8:16] = 1
-    np.save(d / "image.npy", img)
-    np.save(d / "label.npy", lab)
-    np.savez(d / "fg.npz", liver=np.argwhere(lab >= 1).astype(np.int32), tumor=np.zeros((0, 3), np.int32))
-    entry = {"image": "c/image.npy", "label": "c/label.npy", "fg": "c/fg.npz", "shape": [40, 24, 24],
-             "liver_z": [24, 35], "tumour_z": None}
-    return CachedCase("half", tmp_path, entry)
+    return _cached_case(tmp_path, "half", lab, liver_z=[24, 35], tumour_z=None)
 
 
 def test_slab_sampling_liver_and_any(tmp_path):
@@ -202,20 +209,11 @@ def test_slab_sampling_liver_and_any(tmp_path):
 
 def _big_and_small_tumour_case(tmp_path: Path):
     """A 16 x 64 x 64 liver with one 12 x 22 x 22 tumour and one 2 x 2 x 2 lesion far from it."""
-    from ltstrain.cache import CachedCase
-
-    d = tmp_path / "t"
-    d.mkdir()
     lab = np.zeros((16, 64, 64), np.uint8)
     lab[:, 4:60, 4:60] = 1
     lab[2:14, 8:30, 8:30] = 2
     lab[7:9, 50:52, 50:52] = 2
-    np.save(d / "image.npy", np.random.default_rng(0).random(lab.shape).astype(np.float32))
-    np.save(d / "label.npy", lab)
-    np.savez(d / "fg.npz", liver=np.argwhere(lab >= 1).astype(np.int32), tumor=np.argwhere(lab == 2).astype(np.int32))
-    entry = {"image": "t/image.npy", "label": "t/label.npy", "fg": "t/fg.npz", "shape": [16, 64, 64],
-             "liver_z": [0, 15], "tumour_z": [2, 13]}
-    return CachedCase("tumours", tmp_path, entry)
+    return _cached_case(tmp_path, "tumours", lab, liver_z=[0, 15], tumour_z=[2, 13])
 
 
 def test_tumour_sampling_by_lesion_draws_small_lesions(tmp_path):
@@ -241,7 +239,6 @@ def test_tumour_sampling_by_lesion_draws_small_lesions(tmp_path):
         return hits
 
     by_voxel, by_lesion = small_lesion_patches("voxel"), small_lesion_patches("lesion")
-    print("small-lesion patches of 200: voxel", by_voxel, "lesion", by_lesion)
     assert by_voxel <= 5 and by_lesion >= 60, (by_voxel, by_lesion)
     with pytest.raises(ConfigError, match="tumour_sampling must be one of voxel, lesion, got 'size'"):
         tiny_cfg(tumour_sampling="size")
@@ -259,21 +256,15 @@ class _AlwaysLiver(torch.nn.Module):
 def test_validation_inside_the_liver_box(tmp_path):
     """val_box_margin_mm: prediction only inside the reference liver's box + margin (stage 2's
     view in a two-stage bundle); a case without liver is left out; None = the whole volume."""
-    from ltstrain.cache import CachedCase
     from ltstrain.evaluation import liver_box, validate
     from LiverTumorSegLib.errors import ConfigError
 
     cases = []
     for name, liver in (("liver", True), ("empty", False)):
-        d = tmp_path / name
-        d.mkdir()
         lab = np.zeros((20, 40, 40), np.uint8)
         if liver:
             lab[5:15, 10:30, 10:30] = 1  # 4,000 voxels
-        np.save(d / "image.npy", np.full(lab.shape, 0.5, np.float32))
-        np.save(d / "label.npy", lab)
-        cases.append(CachedCase(name, tmp_path, {"image": f"{name}/image.npy", "label": f"{name}/label.npy",
-                                                  "shape": list(lab.shape), "spacing_zyx": [2.0, 1.5, 1.5]}))
+        cases.append(_cached_case(tmp_path, name, lab, np.full(lab.shape, 0.5, np.float32), spacing_zyx=[2.0, 1.5, 1.5]))
     assert liver_box(cases[0].label(), (2.0, 1.5, 1.5), 3.0) == (slice(3, 17), slice(8, 32), slice(8, 32))
     assert liver_box(cases[1].label(), (2.0, 1.5, 1.5), 3.0) is None
     model = _AlwaysLiver()
